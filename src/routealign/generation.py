@@ -1,0 +1,107 @@
+"""Batched chat generation with transformers' ``generate``, optionally recording the routing per token."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .data.collate import left_padded_prompts
+from .models.mixture import Mixture
+
+BASE_ROUTE = "base"
+"""Name shown for the null expert (the base model alone)."""
+
+
+@dataclass
+class Generation:
+    prompt: str | list[dict]
+    text: str
+    tokens: list[str]
+    routes: list[str] | None = None
+    """Per generated token, the expert with the largest mean gate weight across adapted layers."""
+
+
+def _route_names(mixture: Mixture) -> list[str]:
+    return mixture.expert_names + ([BASE_ROUTE] if mixture.gate_cfg.null_expert else [])
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str | list[dict]],
+    *,
+    max_new_tokens: int = 128,
+    batch_size: int = 8,
+    do_sample: bool = False,
+    temperature: float = 0.7,
+    top_p: float = 1.0,
+    seed: int = 0,
+    system: str | None = None,
+    routing: bool = False,
+) -> list[Generation]:
+    """Greedy by default; with ``do_sample`` the draws are seeded. Left padding, KV cache on.
+
+    A prompt is a user message, or a whole conversation as a list of chat messages.
+    """
+    mixture: Mixture | None = getattr(model, "routealign_mixture", None)
+    routing = routing and mixture is not None and mixture.state.mode == "gate"
+    results = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start : start + batch_size])
+        batch = left_padded_prompts(tokenizer, chunk, system, device=model.device)
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {"do_sample": False}
+        if do_sample:
+            torch.manual_seed(seed + start)
+        steps: list[torch.Tensor] = []
+        hook = model.register_forward_hook(lambda *_, s=steps: s.append(_step_routing(mixture))) if routing else None
+        try:
+            if routing:
+                with mixture.collecting():
+                    out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling)
+            else:
+                out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling)
+        finally:
+            if hook is not None:
+                hook.remove()
+        new = out[:, batch["input_ids"].shape[1] :]
+        for i, prompt in enumerate(chunk):
+            ids = _until_eos(new[i].tolist(), tokenizer)
+            tokens = [tokenizer.decode([t]) for t in ids]
+            routes = None
+            if routing:
+                names = _route_names(mixture)
+                routes = [names[int(steps[t][i].argmax())] for t in range(len(ids))]
+            results.append(Generation(prompt, tokenizer.decode(ids, skip_special_tokens=True).strip(), tokens, routes))
+    return results
+
+
+def _step_routing(mixture: Mixture) -> torch.Tensor:
+    """Mean gate probabilities ``[batch, n]`` at the last position of this forward pass, over all layers."""
+    probs, mixture.state.probs = mixture.state.probs, []
+    if mixture.sequence_gate is not None:  # one routing per sequence, set at the prompt
+        return mixture.state.sequence.float().cpu()
+    return torch.stack([p[:, -1] for p in probs]).mean(0).float().cpu()
+
+
+def _until_eos(ids: list[int], tokenizer) -> list[int]:
+    stops = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
+    for n, t in enumerate(ids):
+        if t in stops:
+            return ids[:n]
+    return ids
+
+
+def render_routes(gen: Generation) -> str:
+    """Text with ``[expert]`` marks where the routed expert changes."""
+    if not gen.routes:
+        return gen.text
+    parts, current = [], None
+    for token, route in zip(gen.tokens, gen.routes, strict=True):
+        if route != current:
+            parts.append(f"[{route}]")
+            current = route
+        parts.append(token)
+    return "".join(parts).strip()

