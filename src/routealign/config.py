@@ -209,6 +209,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected true or false, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
@@ -299,6 +304,8 @@ def read_yaml(path: str | Path) -> dict:
 
 def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None, data: dict | None = None):
     """Read ``cls`` from a YAML file (or a dict) plus dotted overrides; errors name the file."""
+    if path is not None:
+        path = resolve_config_path(str(path))
     raw = dict(data or {}) if path is None else read_yaml(path)
     raw = apply_overrides(raw, list(overrides or []))
     try:

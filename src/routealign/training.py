@@ -130,7 +130,10 @@ def _epoch_loader(accelerator: Accelerator, stage: Stage, epoch: int) -> DataLoa
     # The order of epoch e depends only on (seed, e), so a resumed run sees the batches an unbroken one would.
     order = torch.randperm(len(stage.examples), generator=torch.Generator().manual_seed(stage.cfg.seed + epoch))
     data = [stage.examples[i] for i in order.tolist()]
-    loader = DataLoader(data, batch_size=stage.cfg.batch_size, shuffle=False, collate_fn=stage.collate)
+    # Its own generator: creating an iterator would otherwise draw from the global RNG (dropout's), which
+    # a resumed run restores from the checkpoint before, not after, creating the iterator.
+    generator = torch.Generator().manual_seed(stage.cfg.seed + epoch)
+    loader = DataLoader(data, batch_size=stage.cfg.batch_size, shuffle=False, collate_fn=stage.collate, generator=generator)
     return accelerator.prepare_data_loader(loader)
 
 

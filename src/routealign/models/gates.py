@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 class GateHead(nn.Module):
@@ -26,14 +27,22 @@ class GateHead(nn.Module):
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
+    @property
+    def linear(self) -> nn.Linear | None:
+        """The single linear layer of a linear gate (None for a two-layer gate)."""
+        return self.net[0] if len(self.net) == 1 else None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.net[0].weight
-        return self.net(x.to(weight.dtype))
+        first = self.net[0]
+        x = x.to(first.weight.dtype)
+        if len(self.net) == 1:  # skip nn.Sequential's call overhead: this runs once per layer per token
+            return F.linear(x, first.weight, first.bias)
+        return self.net(x)
 
 
 def mixture_probs(logits: torch.Tensor, top_k: int | None = None) -> torch.Tensor:
     """Softmax over the last dim; with ``top_k``, keep the k largest and renormalise them to sum to 1."""
-    probs = torch.softmax(logits.float(), dim=-1)
+    probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
     if top_k is not None and top_k < probs.shape[-1]:
         top = probs.topk(top_k, dim=-1).indices
         keep = torch.zeros_like(probs).scatter_(-1, top, 1.0)

@@ -120,8 +120,7 @@ class MixtureLinear(nn.Module):
         base: nn.Linear,
         lora_A: torch.Tensor,
         lora_B: torch.Tensor,
-        rank_expert: torch.Tensor,
-        num_experts: int,
+        ranks: list[int],
         state: RoutingState,
         gate: GateHead | None,
         gate_cfg: GateConfig,
@@ -131,11 +130,17 @@ class MixtureLinear(nn.Module):
         dtype, device = base.weight.dtype, base.weight.device
         self.lora_A = nn.Parameter(lora_A.to(device, dtype), requires_grad=False)
         self.lora_B = nn.Parameter(lora_B.to(device, dtype), requires_grad=False)
-        self.register_buffer("rank_expert", rank_expert.to(device), persistent=False)
-        self.num_experts = num_experts
+        owners = [e for e, r in enumerate(ranks) for _ in range(r)]
+        self.register_buffer("rank_expert", torch.tensor(owners, dtype=torch.long, device=device), persistent=False)
+        self.num_experts = len(ranks)
+        # Every expert present with the same rank r: expand the weights by a reshape, not a gather.
+        self.rank = ranks[0] if len(set(ranks)) == 1 else None
         self.gate = gate
+        # Direct reference for the hot path (Sequential indexing costs microseconds per call).
+        self.__dict__["_gate_linear"] = gate.linear if gate is not None else None
         self.top_k = gate_cfg.top_k
         self.null_expert = gate_cfg.null_expert
+        self._fused_cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
         # A plain attribute, not a submodule: all layers of a model share it and it holds no weights.
         self.__dict__["state"] = state
 
@@ -152,29 +157,66 @@ class MixtureLinear(nn.Module):
         # Some model code reads proj.weight.dtype/device; answer for the base layer.
         return self.base.weight
 
-    def expert_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """Weights ``[..., E]`` broadcastable against ``x[..., :1]``."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        state = self.state
+        if state.mode == "base":
+            return out
+        if state.mode == "gate" and self.gate is not None:
+            h, logits = self._project_and_gate(x)
+            probs = mixture_probs(logits, self.top_k)
+            if state.collect:
+                state.probs.append(probs)
+            w = expert_weights(probs, self.null_expert)
+        else:
+            h = F.linear(x.to(self.lora_A.dtype), self.lora_A)
+            w = self._given_weights()
+        mixed = self._scale(h, w.to(h.dtype))
+        if mixed.dtype == out.dtype == self.lora_B.dtype:  # out + mixed Bᵀ as one addmm
+            flat = torch.addmm(out.reshape(-1, out.shape[-1]), mixed.reshape(-1, mixed.shape[-1]), self.lora_B.t())
+            return flat.view(out.shape)
+        return out + F.linear(mixed, self.lora_B).to(out.dtype)
+
+    def _project_and_gate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``A x`` and the gate logits; at inference one matmul with the gate rows appended to A."""
+        gate_linear = self._gate_linear
+        A = self.lora_A
+        x = x.to(A.dtype)
+        if gate_linear is None or (torch.is_grad_enabled() and gate_linear.weight.requires_grad):
+            return F.linear(x, A), self.gate(x)
+        weight, bias = self._fused(gate_linear)
+        fused = F.linear(x, weight, bias)
+        rank_total = A.shape[0]
+        return fused[..., :rank_total], fused[..., rank_total:]
+
+    def _fused(self, gate_linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[A; W_gate]`` and ``[0; b_gate]``, rebuilt only when the gate changes (training,
+        load_state_dict) or moves."""
+        w, b = gate_linear.weight, gate_linear.bias
+        A = self.lora_A
+        key = (w._version, b._version, w.data_ptr(), A.data_ptr())
+        if self._fused_cache is None or self._fused_cache[0] != key:
+            weight = torch.cat([A, w.detach().to(A.dtype)])
+            bias = torch.cat([A.new_zeros(A.shape[0]), b.detach().to(A.dtype)])
+            self._fused_cache = (key, weight, bias)
+        return self._fused_cache[1], self._fused_cache[2]
+
+    def _given_weights(self) -> torch.Tensor:
+        """Fixed weights ``[E]``/``[batch, E]`` or the sequence gate's, shaped to broadcast over tokens."""
         state = self.state
         if state.mode == "fixed":
             w = state.fixed
             return w if w.dim() == 1 else w[:, None, :]
-        if self.gate is not None:
-            probs = mixture_probs(self.gate(x), self.top_k)
-            if state.collect:
-                state.probs.append(probs)
-            return expert_weights(probs, self.null_expert)
         if state.sequence is None:
             raise RuntimeError("sequence gate: no routing computed for this batch (was the model's forward bypassed?)")
         return expert_weights(state.sequence, self.null_expert)[:, None, :]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base(x)
-        if self.state.mode == "base":
-            return out
-        w = self.expert_weights(x).to(x.dtype)
-        h = F.linear(x.to(self.lora_A.dtype), self.lora_A)
-        h = h * w.index_select(-1, self.rank_expert).to(h.dtype)
-        return out + F.linear(h, self.lora_B).to(out.dtype)
+    def _scale(self, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Multiply each expert's slice of ``h [..., R]`` by that expert's weight ``w [..., E]``."""
+        if self.rank is None:
+            return h * w.index_select(-1, self.rank_expert)
+        shape = h.shape
+        return (h.unflatten(-1, (self.num_experts, self.rank)) * w.unsqueeze(-1)).reshape(shape)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -216,11 +258,11 @@ class Mixture:
             base = model.get_submodule(name)
             if not isinstance(base, nn.Linear):
                 raise MixtureError(f"{name}: is {type(base).__name__}; the mixture adapts nn.Linear layers only")
-            A, B, idx = _stack(name, base, experts)
+            A, B, ranks = _stack(name, base, experts)
             gate = GateHead(base.in_features, n_out, gate_cfg.hidden) if gate_cfg.kind == "token" else None
             if gate is not None:
                 gate.to(base.weight.device)
-            layer = MixtureLinear(base, A, B, idx, len(experts), self.state, gate, gate_cfg)
+            layer = MixtureLinear(base, A, B, ranks, self.state, gate, gate_cfg)
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, child, layer)
             self.layers[name] = layer
@@ -343,11 +385,13 @@ def _natural_key(name: str) -> list:
     return [int(t) if t.isdigit() else t for t in name.split(".")]
 
 
-def _stack(name: str, base: nn.Linear, experts: list[Expert]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Stack the experts' A and B (B pre-multiplied by its scale) for one module; absent experts add nothing."""
-    As, Bs, owners = [], [], []
-    for e, expert in enumerate(experts):
+def _stack(name: str, base: nn.Linear, experts: list[Expert]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Stack the experts' A and B (B pre-multiplied by its scale) for one module, with each expert's
+    rank there (0 where an expert does not adapt this module: it adds nothing)."""
+    As, Bs, ranks = [], [], []
+    for expert in experts:
         if name not in expert.A:
+            ranks.append(0)
             continue
         A, B = expert.A[name].float(), expert.B[name].float()
         if A.shape[1] != base.in_features or B.shape[0] != base.out_features or A.shape[0] != B.shape[1]:
@@ -357,8 +401,8 @@ def _stack(name: str, base: nn.Linear, experts: list[Expert]) -> tuple[torch.Ten
             )
         As.append(A)
         Bs.append(B * expert.scaling)
-        owners.append(torch.full((A.shape[0],), e, dtype=torch.long))
-    return torch.cat(As), torch.cat(Bs, dim=1), torch.cat(owners)
+        ranks.append(A.shape[0])
+    return torch.cat(As), torch.cat(Bs, dim=1), ranks
 
 
 def attach_mixture(model: nn.Module, experts: list[Expert], gate_cfg: GateConfig) -> Mixture:

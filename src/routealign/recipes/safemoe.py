@@ -129,13 +129,14 @@ def train_experts(cfg: SafeMoEConfig, accelerator: Accelerator, model, tokenizer
         use_rslora=lora.rslora,
         task_type="CAUSAL_LM",
     )
-    for domain, examples in domains.items():
+    for index, (domain, examples) in enumerate(domains.items()):
         final = out / folders[domain]
         recover_dir(final)
         if (final / "adapter_config.json").is_file():
             log.info("expert %r already trained: %s", domain, final)
             continue
         log.info("stage A: expert %r on %d examples", domain, len(examples))
+        torch.manual_seed(cfg.experts.train.seed + index)  # each expert's init independent of the others
         peft_model = get_peft_model(model, peft_cfg)
         stage = Stage(
             name=f"expert:{domain}",
@@ -200,6 +201,10 @@ def main(cfg: SafeMoEConfig, callbacks: Sequence[Callback] = ()) -> Path:
     """Run both stages and write the artifact; returns its folder."""
     out = Path(cfg.output_dir)
     accelerator = Accelerator(mixed_precision=cfg.experts.train.precision)
+    log.info(
+        "process %d of %d on %s, mixed precision %s",
+        accelerator.process_index + 1, accelerator.num_processes, accelerator.device, accelerator.mixed_precision,
+    )
     tokenizer = load_tokenizer(cfg.model)
     ensure_chat_template(tokenizer, cfg.model.chat_template_fallback, cfg.model.name_or_path)
     tokenizer.padding_side = "right"

@@ -1,0 +1,68 @@
+"""The same recipe under `accelerate launch` with 2 CPU processes (gloo): data sharded, one artifact."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import routealign
+from routealign.generation import generate
+from tests.conftest import safemoe_config
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate CLI is not on PATH")
+def test_two_cpu_processes_train_one_artifact(tmp_path, tiny_model_dir):
+    data = safemoe_config(tmp_path, tiny_model_dir)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(data))
+    # accelerate's --cpu launcher needs MPI for several processes; its multi-process launcher plus
+    # ACCELERATE_USE_CPU runs them with torch.distributed's gloo backend instead.
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    cmd = [
+        "accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+        "-m", "routealign", "train", "--config", str(tmp_path / "cfg.yaml"),
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "process 1 of 2" in proc.stderr and "process 2 of 2" not in proc.stderr  # only rank 0 logs
+    assert proc.stdout.count("artifact:") == 1
+
+    out = tmp_path / "run"
+    steps = [json.loads(line) for line in (out / "logs" / "train.jsonl").read_text().splitlines()]
+    router = [s for s in steps if s["stage"] == "router"]
+    # 9 gate examples sharded over 2 processes at batch 2: 3 steps per epoch (not 5), 2 epochs.
+    assert len(router) == 6
+    assert all(t.abs().sum() > 0 for t in load_file(str(out / "gates.safetensors")).values())
+    model = routealign.load(out, device="cpu")
+    assert len(model.routealign_mixture.expert_names) == 3
+
+
+def test_bf16_weights_and_autocast_train_and_load(tmp_path, tiny_model_dir):
+    """bf16 as on a GPU, here on the CPU; its own process because accelerate fixes precision per process."""
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(safemoe_config(tmp_path, tiny_model_dir)))
+    cmd = [sys.executable, "-m", "routealign", "train", "--config", str(tmp_path / "cfg.yaml"),
+           "model.dtype=bfloat16", "experts.train.precision=bf16", "router.train.precision=bf16"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "mixed precision bf16" in proc.stderr
+    gates = load_file(str(tmp_path / "run" / "gates.safetensors"))
+    assert all(t.dtype == torch.float32 and t.abs().sum() > 0 for t in gates.values())  # gates train in fp32
+    model = routealign.load(tmp_path / "run", device="cpu")
+    assert model.dtype == torch.bfloat16
+    (g,) = generate(model, routealign.load_tokenizer(tmp_path / "run"), ["acid?"], max_new_tokens=3, routing=True)
+    assert len(g.routes) == len(g.tokens)
