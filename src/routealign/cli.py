@@ -16,6 +16,7 @@ log = logging.getLogger("routealign")
 
 QUICKSTART_CONFIG = "safemoe/smollm2-cpu"
 QUICKSTART_PROMPTS = "routealign://quickstart/demo_prompts.jsonl"
+QUICKSTART_HELDOUT = "routealign://quickstart/gate_heldout.jsonl"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -48,6 +49,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     model, tokenizer = load(out, device=args.device), load_artifact_tokenizer(out)
     prompts = [p.prompt for p in load_prompts(DataConfig(path=QUICKSTART_PROMPTS, format="prompts"))]
     _side_by_side(model, tokenizer, prompts, args.max_new_tokens, args.show_routing)
+    _heldout_report(model, tokenizer)
     return 0
 
 
@@ -172,6 +174,25 @@ def _side_by_side(model, tokenizer, prompts: list[str], max_new_tokens: int, sho
             lhs = left[i] if i < len(left) else ""
             rhs = right[i] if i < len(right) else ""
             print(f"{lhs:<{width}} | {rhs}")
+
+
+def _heldout_report(model, tokenizer) -> None:
+    """Teacher-forced numbers on safe answers the gates never saw: likelihood, and routing per domain."""
+    from .data import DataConfig, load_sft
+    from .scoring import response_nll, routing_by_domain
+
+    heldout = load_sft(DataConfig(path=QUICKSTART_HELDOUT))
+    with model.routealign_mixture.mode("base"):
+        base = response_nll(model, tokenizer, heldout)
+    routed = response_nll(model, tokenizer, heldout)
+    print(f"\nHeld-out safe-and-informative answers ({len(heldout)}, not used in training):")
+    print(f"  response loss (nats/token): base {base:.3f}, SafeMoE {routed:.3f}")
+    table = routing_by_domain(model, tokenizer, heldout)
+    names = list(next(iter(table.values())))
+    print("  mean gate weight on their response tokens, by domain:")
+    print("    " + f"{'domain':<12}" + "".join(f"{n:>11}" for n in names))
+    for domain, row in table.items():
+        print("    " + f"{domain:<12}" + "".join(f"{row[n]:>11.3f}" for n in names))
 
 
 def _add_inference_args(p: argparse.ArgumentParser) -> None:

@@ -23,7 +23,7 @@ class Generation:
     """Per generated token, the expert with the largest mean gate weight across adapted layers."""
 
 
-def _route_names(mixture: Mixture) -> list[str]:
+def route_names(mixture: Mixture) -> list[str]:
     return mixture.expert_names + ([BASE_ROUTE] if mixture.gate_cfg.null_expert else [])
 
 
@@ -72,7 +72,7 @@ def generate(
             tokens = [tokenizer.decode([t]) for t in ids]
             routes = None
             if routing:
-                names = _route_names(mixture)
+                names = route_names(mixture)
                 routes = [names[int(steps[t][i].argmax())] for t in range(len(ids))]
             results.append(Generation(prompt, tokenizer.decode(ids, skip_special_tokens=True).strip(), tokens, routes))
     return results
