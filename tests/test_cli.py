@@ -12,7 +12,7 @@ from routealign.cli import COMMANDS, main
 from routealign.config import load_config
 from routealign.recipes.safemoe import SafeMoEConfig
 from routealign.recipes.safemoe import main as train_safemoe
-from tests.conftest import needs_smollm2, safemoe_config
+from tests.helpers import needs_smollm2, safemoe_config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 import routealign
 from routealign.generation import generate
-from tests.conftest import safemoe_config
+from tests.helpers import safemoe_config
 
 
 def _free_port() -> int:

@@ -12,7 +12,7 @@ from routealign.config import ModelConfig
 from routealign.generation import generate
 from routealign.models import embedded
 from routealign.models.loading import load_model, load_tokenizer
-from tests.conftest import needs_smollm2
+from tests.helpers import needs_smollm2
 
 
 def test_missing_package_error_gives_the_pip_command(monkeypatch, tmp_path):

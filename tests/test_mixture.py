@@ -141,7 +141,7 @@ def test_gates_stay_under_one_percent_of_real_model_sizes(shape, experts, kind):
 
 
 def test_inference_fast_path_matches_training_path_and_follows_gate_updates(tmp_path):
-    from tests.conftest import make_peft_experts
+    from tests.helpers import make_peft_experts
 
     model, mix = mixed(make_peft_experts(tmp_path, ranks=(4, 4, 4)))  # equal ranks: the reshape path
     layer = next(iter(mix.layers.values()))

@@ -19,7 +19,7 @@ from routealign.models.mixture import attach_mixture, read_peft_expert
 from routealign.models.tiny import byte_tokenizer, tiny_llama
 from routealign.recipes.safemoe import SafeMoEConfig, main, sft_loss
 from routealign.training import Stage, run_stage
-from tests.conftest import make_peft_experts, safemoe_config
+from tests.helpers import make_peft_experts, safemoe_config
 
 EXAMPLES = [SFTExample(f"question {i}", f"answer number {i} is here") for i in range(6)]
 

