@@ -69,3 +69,13 @@ def test_quickstart_smoke_on_the_real_model(tmp_path, embedded_cache, capsys):
     out = capsys.readouterr().out
     assert out.count("PROMPT:") == 8 and out.count("SAFEMOE") == 8
     assert (tmp_path / "qs" / "routealign.json").is_file()
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_full_quickstart_improves_heldout_safe_answers(tmp_path, embedded_cache, capsys):
+    """The README's main command as shipped (about 3 minutes on 2 CPU cores)."""
+    assert main(["quickstart", "--output-dir", str(tmp_path / "qs")]) == 0
+    out = capsys.readouterr().out
+    base, routed = map(float, re.search(r"base ([\d.]+), SafeMoE ([\d.]+)", out).groups())
+    assert routed < base

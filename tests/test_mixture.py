@@ -56,8 +56,7 @@ def test_stacked_form_equals_explicit_per_expert_sum(expert_dirs):
     for name, layer in mix.layers.items():
         probs = torch.softmax(layer.gate(x), -1)
         top = probs.topk(2, -1).indices
-        probs = probs * torch.zeros_like(probs).scatter_(-1, top, 1.0)
-        probs = probs / probs.sum(-1, keepdim=True)
+        probs = probs * torch.zeros_like(probs).scatter_(-1, top, 1.0)  # top-2, not renormalised
         expected = layer.base(x)
         for e, expert in enumerate(experts):  # y = W x + Σ_e g_e · s_e · B_e A_e x
             expected = expected + probs[..., e : e + 1] * expert.scaling * (x @ expert.A[name].T @ expert.B[name].T)
@@ -72,6 +71,31 @@ def test_kv_cache_decode_matches_full_forward(expert_dirs):
     cached = model.generate(IDS, max_new_tokens=6, do_sample=False, use_cache=True)
     uncached = model.generate(IDS, max_new_tokens=6, do_sample=False, use_cache=False)
     assert torch.equal(cached, uncached)
+
+
+def test_top_1_gate_still_learns():
+    """Renormalised top-1 weights would be exactly 1 and carry no gradient; ours keep the probability."""
+    from routealign.models.gates import expert_weights, route_probs
+
+    logits = torch.randn(3, 5, requires_grad=True)
+    w = expert_weights(route_probs(logits), null_expert=True, top_k=1)
+    assert ((w > 0).sum(-1) <= 1).all()
+    (w * torch.arange(4.0)).sum().backward()
+    assert logits.grad.abs().sum() > 0
+
+
+@torch.no_grad()
+def test_sequence_gate_uncached_decoding_matches_cached(expert_dirs):
+    model, mix = mixed(expert_dirs, kind="sequence", layer=1)
+    torch.nn.init.normal_(mix.sequence_gate.net[-1].weight, std=1.0)
+    mask = torch.ones_like(IDS)
+    mask[0, :2] = 0  # left padding in the first row
+    seen = []
+    model.register_forward_hook(lambda *_: seen.append(mix.state.sequence.clone()))
+    cached = model.generate(IDS, attention_mask=mask, max_new_tokens=5, do_sample=False, use_cache=True)
+    uncached = model.generate(IDS, attention_mask=mask, max_new_tokens=5, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+    assert len(seen) == 10 and all(torch.equal(s, seen[0]) for s in seen)  # routed from the prompt only
 
 
 @torch.no_grad()
@@ -161,3 +185,21 @@ def _explicit(layer, x):
     probs = torch.softmax(x @ layer.gate.net[-1].weight.T + layer.gate.net[-1].bias, -1)[..., :-1]
     h = (x @ layer.lora_A.T) * probs.repeat_interleave(layer.rank, -1)
     return layer.base(x) + h @ layer.lora_B.T
+
+
+def test_bf16_model_routes_alike_in_training_and_inference(expert_dirs):
+    """Gate logits are float32 in a bf16 model, with or without autocast, training or not."""
+    model, mix = mixed(expert_dirs)
+    model.to(torch.bfloat16)
+    layer = next(iter(mix.layers.values()))
+    layer.gate.float()
+    torch.nn.init.normal_(layer.gate.net[-1].weight, std=0.5)
+    x = torch.randn(2, 5, 32, dtype=torch.bfloat16)
+    with mix.collecting() as probs:
+        with torch.no_grad():
+            layer(x)
+        layer(x)  # grad enabled, gate trainable
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            layer(x)
+    assert all(p.dtype == torch.float32 for p in probs)
+    assert torch.equal(probs[0], probs[1]) and torch.equal(probs[0], probs[2])

@@ -125,11 +125,15 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_model_dir):
             torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6, msg=f"{ref_file.name}:{k}")
 
 
-def test_a_folder_refuses_a_different_config(tmp_path, tiny_model_dir):
+def test_a_finished_folder_is_kept_and_refuses_a_different_config(tmp_path, tiny_model_dir):
     data = safemoe_config(tmp_path, tiny_model_dir)
     data["experts"]["train"]["max_steps"] = 1
     data["router"]["train"]["max_steps"] = 1
-    main(load_config(SafeMoEConfig, data=data))
+    out = main(load_config(SafeMoEConfig, data=data))
+    written = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
+    data["router"]["train"]["log_every"] = 7  # reporting only: still the same run
+    assert main(load_config(SafeMoEConfig, data=data)) == out
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")} == written  # nothing retrained
     data["router"]["train"]["lr"] = 1e-3
     with pytest.raises(ValueError, match="different config"):
         main(load_config(SafeMoEConfig, data=data))

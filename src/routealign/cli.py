@@ -41,11 +41,13 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
 
     cfg = load_recipe_config(QUICKSTART_CONFIG, [f"output_dir={args.output_dir}", *args.overrides])
     out = Path(cfg.output_dir)
-    if (out / MANIFEST).is_file() and not args.retrain:
+    if args.retrain and out.exists():
+        shutil.rmtree(out)
+    if (out / MANIFEST).is_file():
         print(f"using the SafeMoE model already trained in {out} (--retrain to train it again)")
     else:
         print(f"training SafeMoE on {cfg.model.name_or_path} (experts, then gates) into {out} ...")
-        train_safemoe(cfg)
+    train_safemoe(cfg)  # returns at once when the folder holds this config's finished artifact
     model, tokenizer = load(out, device=args.device), load_artifact_tokenizer(out)
     prompts = [p.prompt for p in load_prompts(DataConfig(path=QUICKSTART_PROMPTS, format="prompts"))]
     _side_by_side(model, tokenizer, prompts, args.max_new_tokens, args.show_routing)
@@ -218,7 +220,7 @@ def _quickstart_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--max-new-tokens", type=int, default=80)
     p.add_argument("--show-routing", action="store_true")
-    p.add_argument("--retrain", action="store_true", help="train again even if the folder holds a finished model")
+    p.add_argument("--retrain", action="store_true", help="delete the output folder and train from scratch")
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides of the quickstart config")
 
 
@@ -265,9 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()
     from .config import ConfigError
     from .data import DataError
+    from .models.mixture import MixtureError
 
     try:
         return args.handler(args)
-    except (ConfigError, DataError, FileNotFoundError) as e:
+    except (ConfigError, DataError, MixtureError, FileNotFoundError) as e:
         print(f"routealign {args.command}: error: {e}", file=sys.stderr)
         return 2

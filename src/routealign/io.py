@@ -49,6 +49,11 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    replace_dir(tmp, path)
+
+
+def replace_dir(tmp: Path, path: Path) -> None:
+    """Move the finished folder ``tmp`` to ``path``, replacing what is there (see :func:`atomic_dir`)."""
     old = path.with_name(f".{path.name}.old")
     if old.exists():
         shutil.rmtree(old)

@@ -31,7 +31,8 @@ def response_nll(model, tokenizer, examples: Sequence[SFTExample], *, batch_size
     """Mean negative log-likelihood per response token (prompt tokens excluded), over all examples."""
     total, count = 0.0, 0
     for _, batch in _batches(tokenizer, examples, batch_size, max_length, model.device):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        # labels too: a sequence gate must pool the prompt only, as in training and generation.
+        logits = model(**batch).logits[:, :-1]
         labels = batch["labels"][:, 1:]
         loss = torch.nn.functional.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
@@ -51,7 +52,7 @@ def routing_by_domain(model, tokenizer, examples: Sequence[SFTExample], *, batch
     counts: dict[str, float] = defaultdict(float)
     for chunk, batch in _batches(tokenizer, examples, batch_size, max_length, model.device):
         with mixture.collecting() as probs:
-            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            model(**batch)
         if mixture.sequence_gate is not None:
             per_row = probs[0].float().cpu()
             weights = torch.ones(per_row.shape[0])

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .config import TrainConfig
-from .io import atomic_dir, atomic_write_text, recover_dir
+from .io import atomic_write_text, recover_dir, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,9 @@ def run_stage(accelerator: Accelerator, stage: Stage) -> dict:
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total), num_training_steps=total)
 
     step, start_epoch, skip = 0, 0, 0
-    recover_dir(stage.checkpoint_dir)
+    if accelerator.is_main_process:
+        recover_dir(stage.checkpoint_dir)
+    accelerator.wait_for_everyone()
     if (stage.checkpoint_dir / "trainer_state.json").is_file():
         step, start_epoch, skip = _load_checkpoint(stage.checkpoint_dir, accelerator, model, optimizer, scheduler)
         log.info("%s: resumed at step %d/%d", stage.name, step, total)
@@ -152,7 +154,23 @@ def _log(accelerator, stage: Stage, step: int, total: int, epoch: int, loss: flo
 # Checkpoints: trainable weights, optimiser and RNG as safetensors; counters and schedule as JSON.
 
 
+def _rng_state() -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
 def _save_checkpoint(path: Path, accelerator, model, optimizer, scheduler, step: int, epoch: int, micro: int) -> None:
+    # Every process adds its own RNG state (dropout masks differ per process and device) to a staging
+    # folder; the main process adds the rest and swaps the folder in.
+    staging = path.with_name(f".{path.name}.staging")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    save_file(_rng_state(), staging / f"rng_{accelerator.process_index}.safetensors")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         opt_state = optimizer.state_dict()
@@ -163,19 +181,19 @@ def _save_checkpoint(path: Path, accelerator, model, optimizer, scheduler, step:
                     tensors[f"{idx}.{key}"] = value.detach().cpu().contiguous()
                 else:
                     scalars[f"{idx}.{key}"] = value
-        with atomic_dir(path) as tmp:
-            save_file(trainable_state(accelerator.unwrap_model(model)), tmp / "trainable.safetensors")
-            save_file(tensors or {"_empty": torch.zeros(0)}, tmp / "optimizer.safetensors")
-            save_file({"cpu": torch.get_rng_state()}, tmp / "rng.safetensors")
-            state = {
-                "step": step,
-                "epoch": epoch,
-                "micro_batches": micro,
-                "optimizer_scalars": scalars,
-                "param_groups": opt_state["param_groups"],
-                "scheduler": scheduler.state_dict(),
-            }
-            atomic_write_text(tmp / "trainer_state.json", json.dumps(state, indent=2))
+        save_file(trainable_state(accelerator.unwrap_model(model)), staging / "trainable.safetensors")
+        save_file(tensors or {"_empty": torch.zeros(0)}, staging / "optimizer.safetensors")
+        state = {
+            "step": step,
+            "epoch": epoch,
+            "micro_batches": micro,
+            "num_processes": accelerator.num_processes,
+            "optimizer_scalars": scalars,
+            "param_groups": opt_state["param_groups"],
+            "scheduler": scheduler.state_dict(),
+        }
+        atomic_write_text(staging / "trainer_state.json", json.dumps(state, indent=2))
+        replace_dir(staging, path)
     accelerator.wait_for_everyone()
 
 
@@ -199,5 +217,13 @@ def _load_checkpoint(path: Path, accelerator, model, optimizer, scheduler) -> tu
         entries.setdefault(int(idx), {})[name] = value
     optimizer.load_state_dict({"state": entries, "param_groups": state["param_groups"]})
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(load_file(str(path / "rng.safetensors"))["cpu"])
+    if state.get("num_processes", 1) != accelerator.num_processes:
+        raise ValueError(
+            f"{path}: saved by {state.get('num_processes', 1)} processes, resumed with {accelerator.num_processes}; "
+            "the data order would differ. Resume with the same number of processes, or delete the checkpoint"
+        )
+    rng = load_file(str(path / f"rng_{accelerator.process_index}.safetensors"))
+    torch.set_rng_state(rng["cpu"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
     return state["step"], state["epoch"], state["micro_batches"]

@@ -77,7 +77,7 @@ def load(folder: str | Path, *, device: str | None = None, dtype: str | None = N
     experts = [read_peft_expert(folder / e["path"], e["name"]) for e in manifest["experts"]]
     mixture = attach_mixture(model, experts, from_dict(GateConfig, manifest["gate"], "gate"))
     mixture.load_gate_state_dict(load_file(str(folder / GATES), device=str(model.device)), str(folder / GATES))
-    return model.eval()
+    return model.requires_grad_(False).eval()  # inference: gates frozen too, so the fused fast path applies
 
 
 def load_artifact_tokenizer(folder: str | Path):

@@ -9,7 +9,6 @@ load reads that folder like any Hugging Face checkpoint.
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import logging
 import os
@@ -69,10 +68,18 @@ def embedded_path(name: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     # Several processes (accelerate launch) may start at once: one converts, the others wait for it.
     with open(target.parent / f".{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        _lock(lock)
         if not (target / "config.json").is_file():
             _convert(source, spec.gguf_file, target)
     return target
+
+
+def _lock(f) -> None:
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; the atomic rename still keeps a half-written folder out of sight
+        return
+    fcntl.flock(f, fcntl.LOCK_EX)
 
 
 def _convert(folder: Path, gguf_file: str, target: Path) -> None:

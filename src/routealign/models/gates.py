@@ -14,8 +14,9 @@ from torch.nn import functional as F
 class GateHead(nn.Module):
     """``d_in → n_out`` logits: one linear layer, or two with a SiLU between (``hidden > 0``).
 
-    The last layer starts at zero, so a fresh gate spreads its weight evenly over its outputs and every
-    run starts from the same mixture whatever the seed.
+    Logits are always computed in float32, also under autocast and in a bf16 model: routing decisions
+    are sensitive to rounding, and training and inference must route alike. The last layer starts
+    near zero (std 1e-3), so a fresh gate spreads its weight almost evenly while top-k ties are broken.
     """
 
     def __init__(self, d_in: int, n_out: int, hidden: int = 0):
@@ -24,7 +25,7 @@ class GateHead(nn.Module):
             self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.SiLU(), nn.Linear(hidden, n_out))
         else:
             self.net = nn.Sequential(nn.Linear(d_in, n_out))
-        nn.init.zeros_(self.net[-1].weight)
+        nn.init.normal_(self.net[-1].weight, std=1e-3)
         nn.init.zeros_(self.net[-1].bias)
 
     @property
@@ -33,6 +34,12 @@ class GateHead(nn.Module):
         return self.net[0] if len(self.net) == 1 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return self._logits(x)
+        return self._logits(x)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         first = self.net[0]
         x = x.to(first.weight.dtype)
         if len(self.net) == 1:  # skip nn.Sequential's call overhead: this runs once per layer per token
@@ -40,17 +47,20 @@ class GateHead(nn.Module):
         return self.net(x)
 
 
-def mixture_probs(logits: torch.Tensor, top_k: int | None = None) -> torch.Tensor:
-    """Softmax over the last dim; with ``top_k``, keep the k largest and renormalise them to sum to 1."""
-    probs = torch.softmax(logits, dim=-1, dtype=torch.float32)
+def route_probs(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the gate's outputs, in float32."""
+    return torch.softmax(logits, dim=-1, dtype=torch.float32)
+
+
+def expert_weights(probs: torch.Tensor, null_expert: bool, top_k: int | None = None) -> torch.Tensor:
+    """Mixture weights ``[..., E]`` from routing probabilities ``[..., n]``.
+
+    With ``top_k``, all but the k largest probabilities (the null expert counts as one) become 0 and
+    the kept ones are *not* renormalised, as in the Switch Transformer: renormalising would make a
+    top-1 weight exactly 1 and leave the gate without a gradient. The null column (the last one) is
+    then dropped: its weight is the share left to the base model alone.
+    """
     if top_k is not None and top_k < probs.shape[-1]:
         top = probs.topk(top_k, dim=-1).indices
-        keep = torch.zeros_like(probs).scatter_(-1, top, 1.0)
-        probs = probs * keep
-        probs = probs / probs.sum(-1, keepdim=True)
-    return probs
-
-
-def expert_weights(probs: torch.Tensor, null_expert: bool) -> torch.Tensor:
-    """Drop the null column (the last one): its weight is the share left to the base model alone."""
+        probs = probs * torch.zeros_like(probs).scatter_(-1, top, 1.0)
     return probs[..., :-1] if null_expert else probs

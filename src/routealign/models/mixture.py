@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import GateConfig
-from .gates import GateHead, expert_weights, mixture_probs
+from .gates import GateHead, expert_weights, route_probs
 
 PEFT_PREFIX = "base_model.model."
 SEQUENCE_GATE = "routealign_sequence_gate"
@@ -108,8 +108,8 @@ class RoutingState:
     collect: bool = False
     """Keep every gate's probabilities of this forward pass (for regularisers and routing displays)."""
     probs: list[torch.Tensor] = field(default_factory=list)
-    token_mask: torch.Tensor | None = None
-    """``[batch, seq]`` attention mask of the current forward pass, for masking collected probs."""
+    prompt_ids: torch.Tensor | None = None
+    """Sequence gate: the token ids it last pooled, to recognise uncached decoding steps."""
 
 
 class MixtureLinear(nn.Module):
@@ -164,10 +164,10 @@ class MixtureLinear(nn.Module):
             return out
         if state.mode == "gate" and self.gate is not None:
             h, logits = self._project_and_gate(x)
-            probs = mixture_probs(logits, self.top_k)
+            probs = route_probs(logits)
             if state.collect:
                 state.probs.append(probs)
-            w = expert_weights(probs, self.null_expert)
+            w = expert_weights(probs, self.null_expert, self.top_k)
         else:
             h = F.linear(x.to(self.lora_A.dtype), self.lora_A)
             w = self._given_weights()
@@ -182,7 +182,13 @@ class MixtureLinear(nn.Module):
         gate_linear = self._gate_linear
         A = self.lora_A
         x = x.to(A.dtype)
-        if gate_linear is None or (torch.is_grad_enabled() and gate_linear.weight.requires_grad):
+        # The fused matmul runs in A's dtype; use it only where that is the gate's float32 anyway.
+        if (
+            gate_linear is None
+            or A.dtype != gate_linear.weight.dtype
+            or torch.is_autocast_enabled(x.device.type)
+            or (torch.is_grad_enabled() and gate_linear.weight.requires_grad)
+        ):
             return F.linear(x, A), self.gate(x)
         weight, bias = self._fused(gate_linear)
         fused = F.linear(x, weight, bias)
@@ -194,7 +200,7 @@ class MixtureLinear(nn.Module):
         load_state_dict) or moves."""
         w, b = gate_linear.weight, gate_linear.bias
         A = self.lora_A
-        key = (w._version, b._version, w.data_ptr(), A.data_ptr())
+        key = (w._version, b._version, A._version, w.data_ptr(), A.data_ptr())
         if self._fused_cache is None or self._fused_cache[0] != key:
             weight = torch.cat([A, w.detach().to(A.dtype)])
             bias = torch.cat([A.new_zeros(A.shape[0]), b.detach().to(A.dtype)])
@@ -209,7 +215,7 @@ class MixtureLinear(nn.Module):
             return w if w.dim() == 1 else w[:, None, :]
         if state.sequence is None:
             raise RuntimeError("sequence gate: no routing computed for this batch (was the model's forward bypassed?)")
-        return expert_weights(state.sequence, self.null_expert)[:, None, :]
+        return expert_weights(state.sequence, self.null_expert, self.top_k)[:, None, :]
 
     def _scale(self, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """Multiply each expert's slice of ``h [..., R]`` by that expert's weight ``w [..., E]``."""
@@ -276,7 +282,6 @@ class Mixture:
             self.sequence_gate.to(model.device)
             model.add_module(SEQUENCE_GATE, self.sequence_gate)
             model.register_forward_pre_hook(self._route_sequence, with_kwargs=True)
-        model.register_forward_pre_hook(self._remember_mask, with_kwargs=True)
         model.routealign_mixture = self
 
     # ---- gates -----------------------------------------------------------------------------------
@@ -335,34 +340,47 @@ class Mixture:
 
     # ---- hooks -----------------------------------------------------------------------------------
 
-    def _remember_mask(self, module, args, kwargs):
-        self.state.token_mask = kwargs.get("attention_mask")
-
     def _route_sequence(self, module, args, kwargs):
-        if self.state.mode != "gate":
+        state = self.state
+        if state.mode != "gate":
             return
-        past = kwargs.get("past_key_values")
-        decoding = past is not None and hasattr(past, "get_seq_length") and past.get_seq_length() > 0
-        if decoding and self.state.sequence is not None:
-            return  # generated tokens reuse the routing computed from the prompt
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
-        mask = kwargs.get("attention_mask")
-        ref = input_ids if input_ids is not None else embeds
-        pool = torch.ones(ref.shape[:2], dtype=torch.bool, device=ref.device) if mask is None else mask.bool()
         labels = kwargs.get("labels")
+        ref = input_ids if input_ids is not None else embeds
+        if labels is None and self._continues_prompt(kwargs.get("past_key_values"), input_ids, ref.shape[0]):
+            return  # generated tokens reuse the routing computed from the prompt
+        mask = kwargs.get("attention_mask")
+        pool = torch.ones(ref.shape[:2], dtype=torch.bool, device=ref.device) if mask is None else mask.bool()
         if labels is not None:
             pool = pool & (labels == -100)  # pool the prompt only, as at generation time
-        hidden = self.base_hidden(input_ids, embeds, mask)
+        hidden = self.base_hidden(input_ids, embeds, mask, kwargs.get("position_ids"))
         pool = pool.to(hidden.dtype).unsqueeze(-1)
         pooled = (hidden * pool).sum(1) / pool.sum(1).clamp_min(1.0)
-        probs = mixture_probs(self.sequence_gate(pooled.float()), self.gate_cfg.top_k)
-        if self.state.collect:
-            self.state.probs.append(probs)
-        self.state.sequence = probs
+        probs = route_probs(self.sequence_gate(pooled.float()))
+        if state.collect:
+            state.probs.append(probs)
+        state.sequence = probs
+        state.prompt_ids = input_ids if labels is None else None
+
+    def _continues_prompt(self, past, input_ids, batch: int) -> bool:
+        """Is this forward a decoding step of the sequences routed last (with or without a KV cache)?"""
+        state = self.state
+        if state.sequence is None or state.sequence.shape[0] != batch:
+            return False
+        if past is not None and hasattr(past, "get_seq_length") and past.get_seq_length() > 0:
+            return True
+        # Without a cache every step re-reads the whole text: reuse the routing while it extends the prompt.
+        prompt = state.prompt_ids
+        return (
+            prompt is not None
+            and input_ids is not None
+            and input_ids.shape[1] > prompt.shape[1]
+            and torch.equal(input_ids[:, : prompt.shape[1]], prompt)
+        )
 
     @torch.no_grad()
-    def base_hidden(self, input_ids, inputs_embeds, attention_mask) -> torch.Tensor:
+    def base_hidden(self, input_ids, inputs_embeds, attention_mask, position_ids=None) -> torch.Tensor:
         """Output of decoder layer ``pool_layer`` of the frozen base, running only the layers below it."""
 
         def stop(module, args, output):
@@ -372,7 +390,11 @@ class Mixture:
         try:
             with self.mode("base"):
                 self.model.base_model(
-                    input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False
+                    input_ids=input_ids,
+                    inputs_embeds=inputs_embeds,
+                    attention_mask=attention_mask,
+                    position_ids=position_ids,
+                    use_cache=False,
                 )
         except _StopForward as s:
             return s.hidden.float()

@@ -25,7 +25,7 @@ from accelerate import Accelerator
 from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model
 
-from ..config import ConfigError, GateConfig, LoraConfig, ModelConfig, TrainConfig, to_dict
+from ..config import ConfigError, GateConfig, LoraConfig, ModelConfig, TrainConfig, from_dict, to_dict
 from ..data import DataConfig, load_sft, split_domains
 from ..data.collate import encode_all, ensure_chat_template, sft_collator
 from ..io import atomic_dir, atomic_write_json, recover_dir
@@ -131,7 +131,9 @@ def train_experts(cfg: SafeMoEConfig, accelerator: Accelerator, model, tokenizer
     )
     for index, (domain, examples) in enumerate(domains.items()):
         final = out / folders[domain]
-        recover_dir(final)
+        if accelerator.is_main_process:
+            recover_dir(final)
+        accelerator.wait_for_everyone()
         if (final / "adapter_config.json").is_file():
             log.info("expert %r already trained: %s", domain, final)
             continue
@@ -182,19 +184,34 @@ def train_router(cfg: SafeMoEConfig, accelerator: Accelerator, model, tokenizer,
     return mixture, stage
 
 
-def check_run_config(out: Path, cfg: SafeMoEConfig, accelerator: Accelerator) -> None:
-    """A folder resumes only the run it was started for: finished experts and checkpoints in it are reused."""
+LOGGING_ONLY = ("log_every", "save_every")
+"""Train fields that change how a run reports, not what it computes: a resume may change them."""
+
+
+def _result_fields(cfg: SafeMoEConfig) -> dict:
+    data = json.loads(json.dumps(to_dict(cfg)))
+    for stage in ("experts", "router"):
+        for key in LOGGING_ONLY:
+            data[stage]["train"].pop(key, None)
+    return data
+
+
+def check_run_config(out: Path, cfg: SafeMoEConfig, accelerator: Accelerator) -> bool:
+    """A folder resumes only the run it was started for: finished experts and checkpoints in it are
+    reused. Returns True when that run already finished (its artifact is complete)."""
     path = out / "run_config.json"
-    current = to_dict(cfg)
-    if path.is_file() and json.loads(path.read_text()) != json.loads(json.dumps(current)):
-        raise ConfigError(
-            f"{out}: holds a run with a different config ({path}); pick another output_dir or delete that folder"
-        )
+    if path.is_file():
+        if _result_fields(from_dict(SafeMoEConfig, json.loads(path.read_text()))) != _result_fields(cfg):
+            raise ConfigError(
+                f"{out}: holds a run with a different config ({path}); pick another output_dir or delete that folder"
+            )
+        if (out / MANIFEST).is_file():
+            return True
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        atomic_write_json(path, current)
-        (out / MANIFEST).unlink(missing_ok=True)  # not a finished artifact again until this run ends
+        atomic_write_json(path, to_dict(cfg))
     accelerator.wait_for_everyone()
+    return False
 
 
 def main(cfg: SafeMoEConfig, callbacks: Sequence[Callback] = ()) -> Path:
@@ -209,7 +226,9 @@ def main(cfg: SafeMoEConfig, callbacks: Sequence[Callback] = ()) -> Path:
     ensure_chat_template(tokenizer, cfg.model.chat_template_fallback, cfg.model.name_or_path)
     tokenizer.padding_side = "right"
     model = load_model(cfg.model)
-    check_run_config(out, cfg, accelerator)
+    if check_run_config(out, cfg, accelerator):
+        log.info("%s already holds this run's finished artifact; nothing to train", out)
+        return out
     experts = train_experts(cfg, accelerator, model, tokenizer, out, callbacks)
     mixture, stage = train_router(cfg, accelerator, model, tokenizer, out, experts, callbacks)
     if accelerator.is_main_process:
