@@ -258,9 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO if _is_main_process() else logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
-    )
+    level = logging.DEBUG if args.verbose else logging.INFO if _is_main_process() else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

@@ -199,6 +199,11 @@ def _save_checkpoint(path: Path, accelerator, model, optimizer, scheduler, step:
 
 def _load_checkpoint(path: Path, accelerator, model, optimizer, scheduler) -> tuple[int, int, int]:
     state = json.loads((path / "trainer_state.json").read_text())
+    if state.get("num_processes", 1) != accelerator.num_processes:
+        raise ValueError(
+            f"{path}: saved by {state.get('num_processes', 1)} processes, resumed with {accelerator.num_processes}; "
+            "the data order would differ. Resume with the same number of processes, or delete the checkpoint"
+        )
     weights = load_file(str(path / "trainable.safetensors"))
     named = dict(accelerator.unwrap_model(model).named_parameters())
     missing = [n for n, p in named.items() if p.requires_grad and n not in weights]
@@ -217,11 +222,6 @@ def _load_checkpoint(path: Path, accelerator, model, optimizer, scheduler) -> tu
         entries.setdefault(int(idx), {})[name] = value
     optimizer.load_state_dict({"state": entries, "param_groups": state["param_groups"]})
     scheduler.load_state_dict(state["scheduler"])
-    if state.get("num_processes", 1) != accelerator.num_processes:
-        raise ValueError(
-            f"{path}: saved by {state.get('num_processes', 1)} processes, resumed with {accelerator.num_processes}; "
-            "the data order would differ. Resume with the same number of processes, or delete the checkpoint"
-        )
     rng = load_file(str(path / f"rng_{accelerator.process_index}.safetensors"))
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng and torch.cuda.is_available():

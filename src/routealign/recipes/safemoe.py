@@ -222,13 +222,13 @@ def main(cfg: SafeMoEConfig, callbacks: Sequence[Callback] = ()) -> Path:
         "process %d of %d on %s, mixed precision %s",
         accelerator.process_index + 1, accelerator.num_processes, accelerator.device, accelerator.mixed_precision,
     )
+    if check_run_config(out, cfg, accelerator):  # before any loading: a finished run costs nothing
+        log.info("%s already holds this run's finished artifact; nothing to train", out)
+        return out
     tokenizer = load_tokenizer(cfg.model)
     ensure_chat_template(tokenizer, cfg.model.chat_template_fallback, cfg.model.name_or_path)
     tokenizer.padding_side = "right"
     model = load_model(cfg.model)
-    if check_run_config(out, cfg, accelerator):
-        log.info("%s already holds this run's finished artifact; nothing to train", out)
-        return out
     experts = train_experts(cfg, accelerator, model, tokenizer, out, callbacks)
     mixture, stage = train_router(cfg, accelerator, model, tokenizer, out, experts, callbacks)
     if accelerator.is_main_process:
