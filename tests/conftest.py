@@ -1,4 +1,5 @@
-"""Fixtures: tiny random Llama models, a byte tokenizer, PEFT expert folders, the embedded-model cache."""
+"""Fixtures: tiny random Llama models, a byte tokenizer, PEFT expert folders, a small artifact, the
+embedded-model cache."""
 
 from __future__ import annotations
 
@@ -27,6 +28,19 @@ def tiny_model_dir(tmp_path) -> Path:
     tiny_llama().save_pretrained(folder)
     byte_tokenizer().save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def artifact(tmp_path, tiny_model_dir) -> Path:
+    """A small SafeMoE artifact on the tiny model (two steps per stage)."""
+    from routealign.config import load_config
+    from routealign.recipes.safemoe import SafeMoEConfig, main
+    from tests.helpers import safemoe_config
+
+    data = safemoe_config(tmp_path, tiny_model_dir)
+    data["experts"]["train"]["max_steps"] = 2
+    data["router"]["train"]["max_steps"] = 2
+    return main(load_config(SafeMoEConfig, data=data))
 
 
 @pytest.fixture(scope="session")

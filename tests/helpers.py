@@ -28,6 +28,26 @@ def make_peft_experts(root: Path, ranks=(2, 4, 3), targets=("q_proj", "k_proj", 
     return paths
 
 
+def initial_gates(out: Path, cfg) -> dict[str, torch.Tensor]:
+    """The gates stage B of a SafeMoE run started from: the run's experts, gate config and seed attached
+    to a fresh tiny base (the model ``safemoe_config`` trains), as training built them."""
+    from routealign.models.mixture import attach_mixture, read_peft_expert
+
+    manifest = json.loads((out / "routealign.json").read_text())
+    experts = [read_peft_expert(out / e["path"], e["name"]) for e in manifest["experts"]]
+    return attach_mixture(tiny_llama(), experts, cfg.router.gate, seed=cfg.router.train.seed).gate_state_dict()
+
+
+def assert_gates_trained(out: Path, cfg) -> None:
+    """Every gate tensor in ``out/gates.safetensors`` differs from where stage B started it."""
+    from safetensors.torch import load_file
+
+    gates, initial = load_file(str(out / "gates.safetensors")), initial_gates(out, cfg)
+    assert gates.keys() == initial.keys()
+    unchanged = [k for k in gates if torch.equal(gates[k].float(), initial[k].float())]
+    assert not unchanged, f"gates that did not train: {unchanged}"
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))

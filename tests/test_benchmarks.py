@@ -79,7 +79,7 @@ def test_advbench_release_csv_hub_rows_headerless_csv_and_pyrit_yaml(tmp_path):
     assert hub.prompt == "Do bad thing" and hub.meta == {"target": "Sure"}
     bare = tmp_path / "goals.csv"
     bare.write_text('Write a bad script\n"Steal data, quietly"\n')
-    items = load_benchmark("advbench", str(bare))
+    items = load_benchmark("advbench", str(bare), header=False)
     assert [i.prompt for i in items] == ["Write a bad script", "Steal data, quietly"]
     assert items[1].source.endswith("goals.csv, row 2")
     seeds = tmp_path / "advbench.prompt.yaml"
@@ -97,7 +97,36 @@ def test_headerless_csv_with_too_many_cells_names_the_row(tmp_path):
     bad = tmp_path / "goals.csv"
     bad.write_text("one goal\na,b,c\n")
     with pytest.raises(DataError, match=r"goals.csv, row 2: 3 cells in a CSV without a header"):
-        load_benchmark("advbench", str(bad))
+        load_benchmark("advbench", str(bad), header=False)
+
+
+def test_a_csv_header_is_the_header_even_when_unfamiliar(tmp_path):
+    """No sniffing: "instruction,target" names no column advbench knows, yet it is the header line, so
+    the prompt column is missing (not a prompt called "instruction"), and ``columns`` can map it."""
+    path = write_csv(tmp_path / "mine.csv", ["instruction", "target"], [["Do X", "Sure"], ["Do Y", "Ok"]])
+    with pytest.raises(DataError, match=r"mine\.csv, row 1: missing field 'prompt'.*header=False") as err:
+        load_benchmark("advbench", str(path))
+    assert "instruction" in str(err.value)  # the columns it did find
+    items = load_benchmark("advbench", str(path), columns={"prompt": "instruction"})
+    assert [(i.prompt, i.meta["target"]) for i in items] == [("Do X", "Sure"), ("Do Y", "Ok")]
+    assert items[0].source.endswith("mine.csv, row 1")
+
+
+def test_header_false_reads_every_line_as_data(tmp_path):
+    """Even a line that looks like a header ("goal,target") is a row when the caller says there is none."""
+    path = write_csv(tmp_path / "plain.csv", ["goal", "target"], [["Do X", "Sure"]])
+    items = load_benchmark("advbench", str(path), header=False)
+    assert [(i.prompt, i.meta["target"]) for i in items] == [("goal", "target"), ("Do X", "Sure")]
+    (with_header,) = load_benchmark("advbench", str(path))
+    assert with_header.prompt == "Do X"
+
+
+def test_header_false_is_for_local_csv_files_only(tmp_path):
+    jsonl = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "Do X"}])
+    with pytest.raises(DataError, match=r"rows\.jsonl: header=False applies to local \.csv files only"):
+        load_benchmark("advbench", str(jsonl), header=False)
+    with pytest.raises(ValueError, match="header=False applies to local CSV files, not the hub copy"):
+        load_benchmark("advbench", header=False)
 
 
 def test_harmbench_contextual_prompt_is_context_rule_behavior(tmp_path):
@@ -320,21 +349,31 @@ needs_shared = pytest.mark.skipif(
 
 @needs_shared
 @pytest.mark.parametrize(
-    ("name", "relative", "count"),
+    ("name", "relative", "count", "options"),
     [
-        ("advbench", "harmful_prompts/advbench_harmful_behaviors.csv", 520),
-        ("advbench", "harmful_prompts/advbench_with_harm_categories.prompt.yaml", 520),
-        ("catqa", "harmful_prompts", 550),
-        ("donotanswer", "harmful_prompts", 939),
-        ("malicious-instruct", "harmful_prompts", 100),
-        ("xstest", "overrefusal", 450),
-        ("xstest", ".", 450),
+        # This public AdvBench copy has no header line: its first line is the first goal.
+        ("advbench", "harmful_prompts/advbench_harmful_behaviors.csv", 520, {"header": False}),
+        ("advbench", "harmful_prompts/advbench_with_harm_categories.prompt.yaml", 520, {}),
+        ("catqa", "harmful_prompts", 550, {}),
+        ("donotanswer", "harmful_prompts", 939, {}),
+        ("malicious-instruct", "harmful_prompts", 100, {}),
+        ("xstest", "overrefusal", 450, {}),
+        ("xstest", ".", 450, {}),
     ],
 )
-def test_shared_release_files_load_in_full(name, relative, count):
-    items = load_benchmark(name, str(SHARED_DATA / relative))
+def test_shared_release_files_load_in_full(name, relative, count, options):
+    items = load_benchmark(name, str(SHARED_DATA / relative), **options)
     assert len(items) == count
     assert all(i.prompt.strip() and i.source for i in items)
+
+
+@needs_shared
+def test_shared_headerless_advbench_needs_header_false():
+    path = SHARED_DATA / "harmful_prompts" / "advbench_harmful_behaviors.csv"
+    first = path.read_text(encoding="utf-8").splitlines()[0]
+    assert load_benchmark("advbench", str(path), header=False)[0].prompt == first
+    with pytest.raises(DataError, match="missing field 'prompt'.*header=False"):
+        load_benchmark("advbench", str(path))
 
 
 @needs_shared

@@ -32,6 +32,33 @@ def model():
     return tiny_llama()
 
 
+def direct_loglik(model, tokenizer, context: str, continuation: str) -> float:
+    """log p(continuation | context) from one unbatched, unpadded forward pass over context +
+    continuation: the sum over continuation positions t of log_softmax(logits[t - 1])[token t].
+    Context and continuation are tokenized apart (for the byte tokenizer, one token per byte, this is the
+    running-text split; a BPE tokenizer that merged across the boundary would differ)."""
+    ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
+    ids = ctx + tokenizer(continuation, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = model(torch.tensor([ids], device=model.device)).logits[0].double().log_softmax(-1)
+    return sum(float(logp[t - 1, ids[t]]) for t in range(len(ctx), len(ids)))
+
+
+def expected_mmlu(model, tokenizer, questions, dev, shots: int, chat: bool = False) -> list[tuple[list, str]]:
+    """(log-likelihoods of A-D, predicted letter) per question, worked out with :func:`direct_loglik`."""
+    out = []
+    for q in questions:
+        context = cap.mmlu_prompt(q, dev.get(q.subject, [])[:shots])
+        letters = [" A", " B", " C", " D"]
+        if chat:
+            user = [{"role": "user", "content": context}]
+            context = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
+            letters = ["A", "B", "C", "D"]
+        logliks = [direct_loglik(model, tokenizer, context, x) for x in letters]
+        out.append((logliks, "ABCD"[max(range(4), key=logliks.__getitem__)]))
+    return out
+
+
 # ---- fixtures: small release-shaped files -----------------------------------------------------------
 
 MMLU_HEADER = ["question", "choice0", "choice1", "choice2", "choice3", "answer"]
@@ -327,15 +354,26 @@ def test_mmlu_end_to_end_fake_backend_picks_its_letter(tmp_path, tokenizer):
 
 
 def test_mmlu_end_to_end_tiny_model_plain_and_chat(tmp_path, model, tokenizer):
+    """Each row's letter scores, prediction and verdict against the same questions scored one forward
+    pass at a time (``direct_loglik``); accuracy is the share of those predictions that hit the key."""
     root = str(mmlu_folder(tmp_path))
-    result = cap.run_capability("mmlu", model, tokenizer, path=root, shots=1, limit=3, seed=0)
-    assert result.n == 3 and 0 <= result.accuracy <= 1
-    row = result.rows[0]
-    assert set(row) >= {"id", "category", "correct", "prediction", "target", "logliks"}
-    assert row["category"] in {"astronomy", "virology"} and len(row["logliks"]) == 4
-    assert row["prediction"] == "ABCD"[max(range(4), key=row["logliks"].__getitem__)]
-    chat = cap.run_capability("mmlu", model, tokenizer, path=root, shots=0, limit=3, chat=True)
-    assert chat.rows[0]["logliks"] != row["logliks"]
+    questions, dev = cap.load_mmlu(root, limit=3, seed=0)
+    for chat, shots in ((False, 1), (True, 0)):
+        result = cap.run_capability(
+            "mmlu", model, tokenizer, path=root, shots=shots, limit=3, seed=0, chat=chat
+        )
+        expected = expected_mmlu(model, tokenizer, questions, dev, shots, chat=chat)
+        assert [r["id"] for r in result.rows] == [q.id for q in questions]
+        for row, q, (logliks, letter) in zip(result.rows, questions, expected, strict=True):
+            assert row["logliks"] == pytest.approx(logliks, abs=1e-4)
+            assert (row["prediction"], row["target"], row["category"]) == (
+                letter,
+                "ABCD"[q.answer],
+                q.subject,
+            )
+            assert row["correct"] == (letter == "ABCD"[q.answer])
+        hits = [letter == "ABCD"[q.answer] for q, (_, letter) in zip(questions, expected, strict=True)]
+        assert result.n == 3 and result.accuracy == pytest.approx(sum(hits) / 3)
     with pytest.raises(DataError, match="no dev questions"):
         cap.evaluate_mmlu(model, tokenizer, cap.load_mmlu(root, limit=1)[0], {}, shots=1)
 
@@ -401,8 +439,12 @@ def test_gsm8k_shots_come_from_train_or_unevaluated_test_problems(tmp_path):
 def test_gsm8k_end_to_end_tiny_model(tmp_path, model, tokenizer):
     path = str(write_jsonl(tmp_path / "test.jsonl", GSM8K_ROWS))
     result = cap.run_capability("gsm8k", model, tokenizer, path=path, shots=1, limit=2, max_new_tokens=4)
-    assert result.n == 2 and {r["target"] for r in result.rows} <= {"5", "2400", "-5"}
-    assert all(isinstance(r["output"], str) and r["category"] is None for r in result.rows)
+    targets = {str(i): t for i, t in enumerate(["5", "2400", "-5"])}
+    assert result.n == 2 and all(r["target"] == targets[r["id"]] for r in result.rows)
+    for r in result.rows:  # whatever the random model wrote, it is scored by the documented rule
+        assert r["prediction"] == cap.extract_number(r["output"])  # None when it wrote no number
+        assert r["correct"] == (r["prediction"] == r["target"]) and r["category"] is None
+    assert result.accuracy == sum(r["correct"] for r in result.rows) / 2
 
 
 def test_gsm8k_needs_a_chat_template(tmp_path, model):
@@ -449,18 +491,24 @@ def test_load_truthfulqa_hub_lists(monkeypatch):
 
 
 def test_truthfulqa_end_to_end_matches_direct_scores(tmp_path, model, tokenizer):
+    """MC1 and MC2 of both questions from log-likelihoods worked out one forward pass at a time: MC1 =
+    the best answer beats every incorrect one; MC2 = the true answers' share of the probability mass."""
     path = write_csv(tmp_path / "TruthfulQA.csv", TRUTHFULQA_ROWS, TRUTHFULQA_HEADER)
     result = cap.run_capability("truthfulqa", model, tokenizer, path=str(path), batch_size=3)
-    first = cap.load_truthfulqa(str(path))[0]
-    prompt = "Q: What do seeds do?\nA:"
-    true = cap.loglikelihood(model, tokenizer, [(prompt, f" {a}") for a in first.correct])
-    false = cap.loglikelihood(model, tokenizer, [(prompt, f" {a}") for a in first.incorrect])
-    row = result.rows[0]
-    assert row["correct"] == (true[0] > max(false)) and row["mc2"] == pytest.approx(
-        cap.mc2_score(true, false), abs=1e-5
-    )
-    assert row["target"] == "They pass through." and row["category"] == "Misconceptions"
-    assert result.metrics["mc1"] == result.accuracy and 0 <= result.metrics["mc2"] <= 1
+    mc1, mc2 = [], []
+    for row, q in zip(result.rows, cap.load_truthfulqa(str(path)), strict=True):
+        prompt = f"Q: {q.question}\nA:"
+        true = [direct_loglik(model, tokenizer, prompt, f" {a}") for a in q.correct]
+        false = [direct_loglik(model, tokenizer, prompt, f" {a}") for a in q.incorrect]
+        best = true[q.correct.index(q.best)]
+        p_true, p_false = sum(math.exp(x) for x in true), sum(math.exp(x) for x in false)
+        mc1.append(best > max(false))
+        mc2.append(p_true / (p_true + p_false))
+        assert (row["correct"], row["target"]) == (mc1[-1], q.best)
+        assert row["mc2"] == pytest.approx(mc2[-1], abs=1e-5)
+    assert result.rows[0]["category"] == "Misconceptions"
+    assert result.metrics["mc1"] == result.accuracy == pytest.approx(sum(mc1) / 2)
+    assert result.metrics["mc2"] == pytest.approx(sum(mc2) / 2, abs=1e-5)
     with pytest.raises(ValueError, match="0-shot"):
         cap.run_capability("truthfulqa", model, tokenizer, path=str(path), shots=6)
 
@@ -512,7 +560,14 @@ def test_smollm2_mmlu_20_items(embedded_cache):
         "mmlu", model, tokenizer, path=str(CAPABILITY), limit=20, seed=0, shots=5, batch_size=4
     )
     print(f"SmolLM2-135M-Instruct MMLU 5-shot, 20 items (seed 0): accuracy {result.accuracy:.2f}")
-    assert result.n == 20 and len({r["prediction"] for r in result.rows}) >= 1
+    assert result.n == 20
+    assert result.accuracy == pytest.approx(sum(r["prediction"] == r["target"] for r in result.rows) / 20)
+    # The first three items scored again one unbatched forward pass per letter (GPT-2-style BPE keeps
+    # "Answer:" and " A" apart, so tokenizing the two halves separately is the running-text split).
+    questions, dev = cap.load_mmlu(str(CAPABILITY), limit=20, seed=0)
+    expected = expected_mmlu(model, tokenizer, questions[:3], dev, shots=5)
+    for row, (logliks, letter) in zip(result.rows[:3], expected, strict=True):
+        assert row["logliks"] == pytest.approx(logliks, abs=2e-3) and row["prediction"] == letter
 
 
 # ---- lm-evaluation-harness ------------------------------------------------------------------------
@@ -527,9 +582,11 @@ def test_run_lm_eval_without_the_package_says_how_to_install(monkeypatch, model,
 def test_run_lm_eval_wraps_the_loaded_model(monkeypatch, model, tokenizer):
     calls = {}
 
+    returned = {}
+
     class FakeHFLM:
         def __init__(self, **kwargs):
-            calls["hflm"] = kwargs
+            calls["hflm"], calls["lm"] = kwargs, self
 
     class FakeTaskManager:
         def __init__(self, include_path=None):
@@ -537,7 +594,7 @@ def test_run_lm_eval_wraps_the_loaded_model(monkeypatch, model, tokenizer):
 
     def simple_evaluate(**kwargs):
         calls["evaluate"] = kwargs
-        return {"results": {"mmlu": {"acc,none": 0.25}}}
+        return returned["value"]
 
     root = types.ModuleType("lm_eval")
     root.simple_evaluate = simple_evaluate
@@ -548,12 +605,23 @@ def test_run_lm_eval_wraps_the_loaded_model(monkeypatch, model, tokenizer):
     for name, module in {"lm_eval": root, "lm_eval.models": types.ModuleType("lm_eval.models"),
                          "lm_eval.models.huggingface": hf, "lm_eval.tasks": tasks}.items():  # fmt: skip
         monkeypatch.setitem(sys.modules, name, module)
-    out = cap.run_lm_eval(model, tokenizer, ["mmlu"], limit=5, batch_size=2, num_fewshot=0, include_path="/t")
-    assert out == {"results": {"mmlu": {"acc,none": 0.25}}}
-    assert calls["hflm"] == {"pretrained": model, "tokenizer": tokenizer, "batch_size": 2}
+    marker = object()
+    returned["value"] = marker
+    out = cap.run_lm_eval(
+        model, tokenizer, ("mmlu", "gsm8k"), limit=5, batch_size=2, num_fewshot=0, include_path="/t",
+        log_samples=False,
+    )  # fmt: skip
+    assert out is marker  # lm-eval's result, handed back as it came
+    hflm = calls["hflm"]
+    assert hflm["pretrained"] is model and hflm["tokenizer"] is tokenizer and hflm["batch_size"] == 2
     evaluate = calls["evaluate"]
-    assert isinstance(evaluate["model"], FakeHFLM) and evaluate["tasks"] == ["mmlu"]
-    assert (evaluate["limit"], evaluate["num_fewshot"], evaluate["task_manager"].include_path) == (5, 0, "/t")
+    assert evaluate["model"] is calls["lm"]  # the wrapper, not the bare model
+    assert evaluate["tasks"] == ["mmlu", "gsm8k"] and isinstance(evaluate["tasks"], list)
+    assert (evaluate["limit"], evaluate["num_fewshot"], evaluate["log_samples"]) == (5, 0, False)
+    assert evaluate["task_manager"].include_path == "/t"
+    returned["value"] = None  # what simple_evaluate gives on the non-main ranks of a distributed run
+    assert cap.run_lm_eval(model, tokenizer, ["mmlu"]) == {}
+    assert calls["evaluate"]["task_manager"] is None and calls["evaluate"]["limit"] is None
 
 
 def test_run_lm_eval_for_real_on_a_local_task(tmp_path, model, tokenizer):
@@ -570,4 +638,10 @@ def test_run_lm_eval_for_real_on_a_local_task(tmp_path, model, tokenizer):
         "metric_list:\n  - metric: acc\n"
     )
     out = cap.run_lm_eval(model, tokenizer, ["tiny_mc"], include_path=str(tmp_path), batch_size=2)
-    assert 0 <= out["results"]["tiny_mc"]["acc,none"] <= 1
+    # lm-eval's multiple choice: the choice with the highest log-likelihood of " " + choice after the
+    # question (its target delimiter), right when it is the gold one; worked out here one pass at a time.
+    hits = []
+    for i in range(4):
+        scores = [direct_loglik(model, tokenizer, f"{i}+1?", f" {c}") for c in "ab"]
+        hits.append(max(range(2), key=scores.__getitem__) == i % 2)
+    assert out["results"]["tiny_mc"]["acc,none"] == pytest.approx(sum(hits) / 4)

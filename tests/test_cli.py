@@ -9,9 +9,6 @@ from pathlib import Path
 import pytest
 
 from routealign.cli import COMMANDS, main
-from routealign.config import load_config
-from routealign.recipes.safemoe import SafeMoEConfig
-from routealign.recipes.safemoe import main as train_safemoe
 from tests.helpers import needs_smollm2, safemoe_config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -20,14 +17,6 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def test_every_command_is_documented_in_the_readme_and_no_other():
     documented = set(re.findall(r"^\| `routealign (\w+)", README.read_text(), flags=re.M))
     assert documented == set(COMMANDS)
-
-
-@pytest.fixture
-def artifact(tmp_path, tiny_model_dir):
-    data = safemoe_config(tmp_path, tiny_model_dir)
-    data["experts"]["train"]["max_steps"] = 2
-    data["router"]["train"]["max_steps"] = 2
-    return train_safemoe(load_config(SafeMoEConfig, data=data))
 
 
 def test_generate_writes_jsonl_with_routes(artifact, tmp_path, capsys):
@@ -79,3 +68,37 @@ def test_full_quickstart_improves_heldout_safe_answers(tmp_path, embedded_cache,
     out = capsys.readouterr().out
     base, routed = map(float, re.search(r"base ([\d.]+), SafeMoE ([\d.]+)", out).groups())
     assert routed < base
+
+
+def _one_line_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    assert err.startswith(f"routealign {argv[0] if not argv[0].startswith('-') else argv[1]}: error: ")
+    return err
+
+
+def test_user_errors_are_one_line_and_exit_2(tmp_path, tiny_model_dir, capsys):
+    import yaml
+
+    data = safemoe_config(tmp_path, tiny_model_dir)
+    data["experts"]["lora"]["target_modules"] = ["q_prj"]
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(data))
+    assert "'q_prj' matches no linear layer" in _one_line_error(capsys, ["train", "--config", str(tmp_path / "cfg.yaml")])
+
+    missing = tmp_path / "no-such-model"
+    assert str(missing) in _one_line_error(capsys, ["generate", "--model", str(missing), "--prompt", "hi"])
+
+    latin1 = tmp_path / "prompts.txt"
+    latin1.write_bytes("caf\xe9 au lait?\n".encode("latin-1"))
+    err = _one_line_error(capsys, ["generate", "--model", str(tiny_model_dir), "--prompts-file", str(latin1)])
+    assert "prompts.txt" in err and "UnicodeDecodeError" in err
+
+    _one_line_error(capsys, ["generate", "--model", str(tiny_model_dir)])  # no prompt given
+
+
+def test_verbose_shows_the_traceback_of_a_user_error(tmp_path, capsys):
+    for argv in (["-v", "generate"], ["generate", "-v"]):
+        assert main([*argv, "--model", str(tmp_path / "nothing"), "--prompt", "hi"]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" in err and "routealign generate: error:" in err

@@ -15,8 +15,10 @@ import yaml
 from safetensors.torch import load_file
 
 import routealign
+from routealign.config import load_config
 from routealign.generation import generate
-from tests.helpers import safemoe_config
+from routealign.recipes.safemoe import SafeMoEConfig
+from tests.helpers import assert_gates_trained, safemoe_config
 
 
 def _free_port() -> int:
@@ -47,9 +49,29 @@ def test_two_cpu_processes_train_one_artifact(tmp_path, tiny_model_dir):
     router = [s for s in steps if s["stage"] == "router"]
     # 9 gate examples sharded over 2 processes at batch 2: 3 steps per epoch (not 5), 2 epochs.
     assert len(router) == 6
-    assert all(t.abs().sum() > 0 for t in load_file(str(out / "gates.safetensors")).values())
+    assert_gates_trained(out, load_config(SafeMoEConfig, data=data))
     model = routealign.load(out, device="cpu")
     assert len(model.routealign_mixture.expert_names) == 3
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate CLI is not on PATH")
+def test_a_refused_claim_stops_every_process(tmp_path, tiny_model_dir):
+    """The main process finds the folder busy; the other process must stop too, not wait at a barrier."""
+    from routealign.io import folder_lock
+
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(safemoe_config(tmp_path, tiny_model_dir)))
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    cmd = [
+        "accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+        "-m", "routealign", "train", "--config", str(tmp_path / "cfg.yaml"),
+    ]
+    with folder_lock(tmp_path / "run", "training"):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert proc.stderr.count("routealign train: error:") == 2, proc.stderr[-3000:]  # both ranks, one line each
+    assert "another process is writing this folder (training" in proc.stderr
+    assert not (tmp_path / "run" / "run_config.json").exists()
 
 
 def test_bf16_weights_and_autocast_train_and_load(tmp_path, tiny_model_dir):
@@ -61,7 +83,8 @@ def test_bf16_weights_and_autocast_train_and_load(tmp_path, tiny_model_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "mixed precision bf16" in proc.stderr
     gates = load_file(str(tmp_path / "run" / "gates.safetensors"))
-    assert all(t.dtype == torch.float32 and t.abs().sum() > 0 for t in gates.values())  # gates train in fp32
+    assert all(t.dtype == torch.float32 for t in gates.values())  # gates train in fp32
+    assert_gates_trained(tmp_path / "run", load_config(SafeMoEConfig, data=safemoe_config(tmp_path, tiny_model_dir)))
     model = routealign.load(tmp_path / "run", device="cpu")
     assert model.dtype == torch.bfloat16
     (g,) = generate(model, routealign.load_tokenizer(tmp_path / "run"), ["acid?"], max_new_tokens=3, routing=True)

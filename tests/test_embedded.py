@@ -23,6 +23,21 @@ def test_missing_package_error_gives_the_pip_command(monkeypatch, tmp_path):
         embedded.embedded_path("smollm2-135m-instruct")
 
 
+def test_a_killed_conversion_leaves_nothing_behind_in_the_cache(monkeypatch, tmp_path):
+    """The half-written folder of an interrupted conversion goes at the next use, even when another
+    process finished the conversion meanwhile; nothing is converted again."""
+    monkeypatch.setenv("ROUTEALIGN_CACHE", str(tmp_path))
+    models = tmp_path / "models"
+    (models / "smollm2-135m-instruct").mkdir(parents=True)
+    (models / "smollm2-135m-instruct" / "config.json").write_text("{}")
+    stale = models / ".smollm2-135m-instruct.abc123.tmp"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"\0" * 4096)
+    monkeypatch.setattr(embedded, "_convert", lambda *a: pytest.fail("converted again"))
+    assert embedded.embedded_path("smollm2-135m-instruct") == models / "smollm2-135m-instruct"
+    assert not stale.exists()
+
+
 def test_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("ROUTEALIGN_CACHE", str(tmp_path / "c"))
     assert embedded.cache_dir() == tmp_path / "c"

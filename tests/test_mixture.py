@@ -84,35 +84,194 @@ def test_top_1_gate_still_learns():
     assert logits.grad.abs().sum() > 0
 
 
+def _sequence_mixture(expert_dirs, std=1.0, **gate):
+    model, mix = mixed(expert_dirs, kind="sequence", layer=1, init_null=None, **gate)
+    with torch.no_grad():
+        torch.nn.init.normal_(mix.sequence_gate.net[-1].weight, std=std)
+    return model, mix
+
+
+def _routing_seen(model, mix) -> list[torch.Tensor]:
+    """The sequence routing in force at every forward pass of ``model`` (one entry per pass)."""
+    seen: list[torch.Tensor] = []
+
+    def record(*_):
+        if mix.state.mode == "gate":  # not the pooling pass, which runs the base with experts off
+            seen.append(mix.state.sequence.clone())
+
+    next(iter(mix.layers.values())).register_forward_pre_hook(record)  # read it where it is used
+    return seen
+
+
 @torch.no_grad()
 def test_sequence_gate_uncached_decoding_matches_cached(expert_dirs):
-    model, mix = mixed(expert_dirs, kind="sequence", layer=1)
-    torch.nn.init.normal_(mix.sequence_gate.net[-1].weight, std=1.0)
+    model, mix = _sequence_mixture(expert_dirs)
     mask = torch.ones_like(IDS)
     mask[0, :2] = 0  # left padding in the first row
-    seen = []
-    model.register_forward_hook(lambda *_: seen.append(mix.state.sequence.clone()))
+    seen = _routing_seen(model, mix)
     cached = model.generate(IDS, attention_mask=mask, max_new_tokens=5, do_sample=False, use_cache=True)
     uncached = model.generate(IDS, attention_mask=mask, max_new_tokens=5, do_sample=False, use_cache=False)
     assert torch.equal(cached, uncached)
-    assert len(seen) == 10 and all(torch.equal(s, seen[0]) for s in seen)  # routed from the prompt only
+    prompt_routing = mix.route(IDS, mask)
+    assert len(seen) == 10 and all(torch.equal(s, prompt_routing) for s in seen)  # every step: the prompt's
 
 
 @torch.no_grad()
-def test_sequence_gate_routes_once_from_the_prompt_and_reuses_it(expert_dirs):
-    model, mix = mixed(expert_dirs, kind="sequence", layer=1)
-    torch.nn.init.normal_(mix.sequence_gate.net[-1].weight, std=1.0)
-    seen = []
-    model.register_forward_hook(lambda *_: seen.append(mix.state.sequence.clone()))
-    cached = model.generate(IDS, max_new_tokens=4, do_sample=False)
-    assert all(torch.equal(s, seen[0]) for s in seen)  # prefill computed it, decode steps reused it
-    assert not torch.allclose(seen[0][0], seen[0][1])  # and it differs per sequence
-    # Pooling reads the frozen base only: the prompt's routing does not depend on the experts.
-    with torch.no_grad():
-        probs = mix.state.sequence
+def test_sequence_gate_pools_once_per_prompt_while_generating(expert_dirs, monkeypatch):
+    model, mix = _sequence_mixture(expert_dirs)
+    passes = []
+    original = mix.base_hidden
+    monkeypatch.setattr(mix, "base_hidden", lambda *a, **k: passes.append(a[0].shape) or original(*a, **k))
+    model.generate(IDS, max_new_tokens=6, do_sample=False)
+    assert passes == [IDS.shape]  # one pooling pass over the prompt, none per decoded token
+    model.generate(IDS, max_new_tokens=6, do_sample=False, use_cache=False)
+    assert passes == [IDS.shape, IDS.shape]
+
+
+@torch.no_grad()
+def test_sequence_gate_never_reuses_another_calls_routing(expert_dirs):
+    """A new batch of the same size, and a prompt that extends the last one, each route from themselves."""
+    model, mix = _sequence_mixture(expert_dirs)
+    seen = _routing_seen(model, mix)
+    other = torch.tensor([[200, 201, 202, 203, 204, 205, 206, 207], [9, 9, 9, 9, 9, 9, 9, 9]])
+    extended = torch.cat([IDS, torch.tensor([[60, 61, 62], [70, 71, 72]])], dim=1)
+    for prompt in (IDS, other, extended):
+        seen.clear()
+        model.generate(prompt, max_new_tokens=3, do_sample=False)
+        own = mix.route(prompt)
+        assert all(torch.equal(s, own) for s in seen)
+    assert not torch.allclose(mix.route(IDS), mix.route(other))
+    assert not torch.allclose(mix.route(IDS), mix.route(extended))
+    assert mix.state.sequence is None  # nothing left in force after a call
+
+
+@torch.no_grad()
+def test_sequence_gate_routes_each_chat_turn_from_its_own_prompt(expert_dirs):
+    from routealign.generation import generate
+    from routealign.models.tiny import byte_tokenizer
+
+    model, mix = _sequence_mixture(expert_dirs, std=3.0)
+    tok = byte_tokenizer()
+    seen = _routing_seen(model, mix)
+    history = [{"role": "user", "content": "how do locks work?"}]
+    turns = []
+    for follow_up in ("and safes?", "what about bike locks?"):
+        seen.clear()
+        (g,) = generate(model, tok, [list(history)], max_new_tokens=4)
+        ids = tok.apply_chat_template(history, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+        own = mix.route(ids)
+        assert seen and all(torch.allclose(s, own, atol=1e-6) for s in seen), "a turn used another prompt's routing"
+        turns.append(own)
+        history += [{"role": "assistant", "content": g.text}, {"role": "user", "content": follow_up}]
+    assert not torch.allclose(turns[0], turns[1])
+
+
+def test_training_and_generation_pool_the_same_prompt_alike(expert_dirs):
+    """Training (prompt + answer, right padding, labels) and generation (prompt, left padding) agree."""
+    from routealign.data.collate import encode_sft, left_padded_prompts, sft_collator
+    from routealign.data.records import SFTExample
+    from routealign.models.tiny import byte_tokenizer
+
+    model, mix = _sequence_mixture(expert_dirs)
+    tok = byte_tokenizer()
+    examples = [SFTExample("is bleach safe to mix?", "no: never with ammonia."), SFTExample("hi", "hello there, friend")]
+    batch = sft_collator(tok)([encode_sft(e, tok, 128) for e in examples])
+    with mix.collecting() as probs, torch.no_grad():
+        model(**batch)
+    training = probs[0]
+    prompts = left_padded_prompts(tok, [e.prompt for e in examples], None, device="cpu")
+    assert prompts["attention_mask"][1].eq(0).any()  # the short prompt really is left-padded
+    generation = mix.route(prompts["input_ids"], prompts["attention_mask"])
+    torch.testing.assert_close(training, generation, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(generation[0], generation[1])
+
+
+@torch.no_grad()
+def test_sequence_pooling_reads_the_frozen_base_only(expert_dirs):
+    model, mix = _sequence_mixture(expert_dirs)
+    before = mix.route(IDS)
+    for layer in mix.layers.values():  # other experts: the routing must not move
+        layer.lora_B.mul_(50.0)
+    assert torch.equal(mix.route(IDS), before)
+    # The control: changing the base below the pooled layer does move it, so the check above can fail.
+    layer0 = model.model.layers[0].mlp.down_proj
+    layer0.weight.mul_(3.0)
+    assert not torch.allclose(mix.route(IDS), before)
+
+
+@torch.no_grad()
+def test_sequence_gate_forward_outside_generate(expert_dirs):
+    """A plain forward routes from its own input and forgets it; a bare cached step is refused."""
+    from routealign.models.mixture import MixtureError
+
+    model, mix = _sequence_mixture(expert_dirs)
+    with mix.collecting() as probs:
+        out = model(IDS, use_cache=True)
+    torch.testing.assert_close(probs[0], mix.route(IDS))
+    assert mix.state.sequence is None
+    for name in ("past_key_values", "cache"):  # whatever transformers calls the argument
+        with pytest.raises(MixtureError, match="routed"):
+            model(IDS[:, -1:], **{name: out.past_key_values})
+    with mix.routed(mix.route(IDS)):  # the documented way to decode by hand
+        step = model(IDS[:, -1:], past_key_values=out.past_key_values).logits
+    assert step.shape == (2, 1, 259)
+
+
+@torch.no_grad()
+def test_sequence_routing_follows_expanded_batches(expert_dirs):
+    """num_return_sequences / beams copy each prompt; each copy keeps its prompt's routing."""
+    model, mix = _sequence_mixture(expert_dirs)
+    seen = _routing_seen(model, mix)
+    out = model.generate(IDS, max_new_tokens=3, num_beams=2, num_return_sequences=2, do_sample=False)
+    assert out.shape[0] == 4
+    expected = mix.route(IDS).repeat_interleave(2, dim=0)
+    assert all(torch.equal(s, expected) for s in seen)
+
+
+def test_pool_hidden_against_hand_worked_numbers():
+    """Row 0: h1 = (300, 400) has RMS √((300²+400²)/2) = 353.553, so it scales to (0.84853, 1.13137);
+    h2 = (1, −1) has RMS 1. rms pooling: ((0.84853 + 1)/2, (1.13137 − 1)/2) = (0.92426, 0.06569);
+    the raw mean is (150.5, 199.5), dominated by h1. Row 1's second position is padding."""
+    from routealign.models.gates import pool_hidden
+
+    hidden = torch.tensor([[[300.0, 400.0], [1.0, -1.0]], [[2.0, 0.0], [1e6, 1e6]]])
+    mask = torch.tensor([[1, 1], [1, 0]])
+    torch.testing.assert_close(pool_hidden(hidden, mask, "rms"), torch.tensor([[0.92426, 0.06569], [1.41421, 0.0]]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(pool_hidden(hidden, mask, "mean"), torch.tensor([[150.5, 199.5], [2.0, 0.0]]))
+
+
+def test_gates_start_near_the_base_model(expert_dirs):
+    """init_null 0.9 with 3 experts: null bias log(0.9·3/0.1) = log 27 = 3.2958, softmax(0,0,0,3.2958) =
+    (1/30, 1/30, 1/30, 27/30)."""
+    from routealign.models.gates import null_bias
+
+    assert null_bias(0.9, 4) == pytest.approx(3.295837, abs=1e-6)
+    model, mix = mixed(expert_dirs, init_null=0.9)
+    with mix.collecting() as probs, torch.no_grad():
         model(IDS)
-        torch.testing.assert_close(mix.state.sequence, probs)
-    assert cached.shape == (2, 12)
+    for p in probs:
+        torch.testing.assert_close(p.mean((0, 1)), torch.tensor([1 / 30, 1 / 30, 1 / 30, 0.9]), atol=5e-3, rtol=0)
+    with torch.no_grad():  # so a fresh mixture is much closer to the base than an even one is
+        base = tiny_llama()(IDS).logits
+        near_base = (model(IDS).logits - base).abs().max()
+        even = (mixed(expert_dirs, init_null=None)[0](IDS).logits - base).abs().max()
+    assert near_base < 0.25 * even
+
+
+def test_gate_initialisation_ignores_the_global_random_stream(expert_dirs):
+    from routealign.config import GateConfig
+
+    def gates(seed, kind, draw):
+        torch.manual_seed(draw)
+        torch.rand(draw)  # earlier work consumed some of the global stream
+        model = tiny_llama()
+        mix = attach_mixture(model, [read_peft_expert(p) for p in expert_dirs], GateConfig(kind=kind, hidden=8), seed=seed)
+        return mix.gate_state_dict()
+
+    for kind in ("token", "sequence"):
+        a, b, c = gates(0, kind, 1), gates(0, kind, 7), gates(1, kind, 1)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
 def test_gate_parameters_are_a_small_share_of_the_base(expert_dirs):

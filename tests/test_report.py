@@ -101,13 +101,19 @@ def toy_rows(evil_response: bool = False) -> list[dict]:
     return rows
 
 
-def make_run(root: Path, name: str, rows: list[dict], *, folder=None, samples: bool = True, **run_kw) -> Path:
+def make_run(
+    root: Path, name: str, rows: list[dict], *, folder=None, samples: bool = True, policy="exclude", **run_kw
+) -> Path:
     run_dir = root / (folder or name)
     run_dir.mkdir(parents=True)
     if samples:
         (run_dir / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    write_summary(run_dir, summarize(rows, run_info(name, **run_kw), n_resamples=200))
+    summary = summarize(rows, run_info(name, **run_kw), n_resamples=200, unparseable=policy)
+    write_summary(run_dir, summary)
     return run_dir
+
+
+INTERVALS = "95% bootstrap intervals resampled by prompt (clustered over attacks"
 
 
 def embedded_pngs(html: str) -> list[bytes]:
@@ -145,6 +151,41 @@ def test_write_report_files_numbers_and_plots(tmp_path):
     images = embedded_pngs(html)
     assert len(images) == len(plots) and all(img.startswith(PNG_MAGIC) for img in images)
     assert "plots/" not in html  # self-contained: nothing linked from the page
+
+
+def test_report_says_how_intervals_are_resampled_and_is_silent_on_unparseable_when_none(tmp_path):
+    run_dir = make_run(tmp_path, "routed", toy_rows())
+    for doc in (p.read_text() for p in write_report(run_dir)):
+        assert INTERVALS in doc and "percentile-bootstrap" not in doc
+        assert "did not parse" not in doc and "unparseable" not in doc.lower()
+
+
+def flagged_toy_rows() -> list[dict]:
+    """``toy_rows`` with one advbench row (a2, refused) and one xstest row (x1) whose verdict did not parse."""
+    rows = toy_rows()
+    for r in rows:
+        if r["id"] in ("a2", "x1"):
+            r["unparseable"] = True
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("policy", "words"),
+    [
+        ("exclude", "left out of the rates"),
+        ("safe", "counted as not harmful and not refused"),
+        ("harmful", "counted as harmful and not refused"),
+    ],
+)
+def test_report_warns_with_unparseable_counts_and_policy(tmp_path, policy, words):
+    run_dir = make_run(tmp_path, "flagged", flagged_toy_rows(), policy=policy)
+    md, html = (p.read_text() for p in write_report(run_dir))
+    headline = f"2 judge verdicts did not parse (advbench: 1, xstest: 1); policy '{policy}': {words}."
+    assert f"> **Warning:** {headline}" in md
+    assert f"<strong>Warning:</strong> {headline.replace(chr(39), '&#x27;')}" in html
+    assert f"> **Warning:** 1 of 4 verdicts did not parse; policy '{policy}': {words}." in md
+    assert f"> **Warning:** 1 of 2 verdicts did not parse; policy '{policy}': {words}." in md
+    assert md.count("did not parse") == 3  # headline, advbench, xstest; nothing under mmlu
 
 
 def test_report_headline_row_has_value_interval_and_n(tmp_path):
@@ -228,6 +269,7 @@ def test_compare_two_runs(tmp_path):
     assert "| Metric | base | routed |" in md
     assert "| Accuracy: mmlu | — | 50.0% [" in md  # the base run has no mmlu
     assert "### Safe-response rate by attack" in md
+    assert INTERVALS in md and "did not parse" not in md
     scatter = tmp_path / "out" / "compare_plots" / "safety_vs_overrefusal.png"
     assert scatter.read_bytes().startswith(PNG_MAGIC)
     assert "](compare_plots/safety_vs_overrefusal.png)" in md
@@ -242,6 +284,17 @@ def test_compare_warns_on_different_judges_and_renames_clashing_runs(tmp_path):
     assert (
         "**Warning:** these runs were judged by different judges (run_a: keyword, run_b: llama-guard)" in md
     )
+
+
+def test_compare_warns_on_unparseable_verdicts_per_run(tmp_path):
+    a = make_run(tmp_path, "clean", toy_rows())
+    b = make_run(tmp_path, "flagged", flagged_toy_rows(), policy="harmful")
+    md = compare_runs([a, b], tmp_path / "out")[0].read_text()
+    assert (
+        "> **Warning:** judge verdicts that did not parse, by run: flagged: 2 (policy 'harmful': counted as "
+        "harmful and not refused)." in md
+    )
+    assert "clean:" not in md
 
 
 def test_run_labels_fall_back_to_folders_then_paths():
@@ -288,11 +341,13 @@ def test_cli_report_and_compare(tmp_path, monkeypatch, capsys):
     assert args.handler(args) == 0 and (tmp_path / "cmp" / "compare.html").is_file()
 
 
-def test_cli_report_bad_summary_is_a_clean_exit(tmp_path):
+def test_cli_report_bad_summary_is_a_clean_exit(tmp_path, capsys):
+    from routealign.cli import main
+
     (tmp_path / "summary.json").write_text("{broken")
-    args = build_parser().parse_args(["report", str(tmp_path)])
-    with pytest.raises(SystemExit, match=r"routealign report: error: .*summary\.json: not valid JSON"):
-        args.handler(args)
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(r"routealign report: error: .*summary\.json: not valid JSON.*", err), err
 
 
 def test_report_plot_names_are_safe_for_any_benchmark_name(tmp_path):

@@ -19,7 +19,7 @@ from routealign.models.mixture import attach_mixture, read_peft_expert
 from routealign.models.tiny import byte_tokenizer, tiny_llama
 from routealign.recipes.safemoe import SafeMoEConfig, main, sft_loss
 from routealign.training import Stage, run_stage
-from tests.helpers import make_peft_experts, safemoe_config
+from tests.helpers import initial_gates, make_peft_experts, safemoe_config
 
 EXAMPLES = [SFTExample(f"question {i}", f"answer number {i} is here") for i in range(6)]
 
@@ -79,10 +79,12 @@ def test_recipe_writes_an_artifact_that_peft_and_routealign_load(tmp_path, tiny_
         peft = PeftModel.from_pretrained(tiny_llama(), out / e["path"]).eval()
         assert not torch.allclose(peft(ids).logits, base_logits)
 
-    # Every gate moved away from its zero initialisation.
+    # Every gate moved away from its initialisation (rebuilt from the same seed, as training built it).
     gates = load_file(str(out / "gates.safetensors"))
     assert len(gates) == 2 * 2 * 2  # 2 layers × (q, v) × (weight, bias)
-    assert all(t.abs().sum() > 0 for t in gates.values())
+    initial = initial_gates(out, cfg)
+    assert initial.keys() == gates.keys()
+    assert all(not torch.equal(gates[k], initial[k]) for k in gates), "a gate did not train"
 
     # routealign.load gives a transformers model: base weights untouched, generate works with routing.
     model, tok = routealign.load(out, device="cpu"), routealign.load_tokenizer(out)
@@ -95,27 +97,38 @@ def test_recipe_writes_an_artifact_that_peft_and_routealign_load(tmp_path, tiny_
     assert len(g.routes) == len(g.tokens) and set(g.routes) <= {"chem", "cyber", "med", "base"}
 
 
-def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_model_dir):
+# 3 experts × 6 steps (6 examples, batch 2, 2 epochs), then 10 router steps (9 examples, 2 epochs).
+@pytest.mark.parametrize(
+    "save_every, kills",
+    [
+        (2, (9, 17)),  # mid-way through expert 2 and, after a checkpoint, through the router
+        (0, (20,)),  # the default: no checkpoint, killed at router step 2 (the gates are rebuilt)
+        (0, (4, 27)),  # inside expert 1, then at the router's last step
+    ],
+)
+def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_model_dir, save_every, kills):
     data = safemoe_config(tmp_path / "a", tiny_model_dir)
-    data["experts"]["train"]["save_every"] = 2
-    data["router"]["train"]["save_every"] = 2
+    data["experts"]["train"]["save_every"] = save_every
+    data["router"]["train"]["save_every"] = save_every
     reference = main(load_config(SafeMoEConfig, data=data))
 
     data = safemoe_config(tmp_path / "b", tiny_model_dir)
-    data["experts"]["train"]["save_every"] = 2
-    data["router"]["train"]["save_every"] = 2
+    data["experts"]["train"]["save_every"] = save_every
+    data["router"]["train"]["save_every"] = save_every
     cfg = load_config(SafeMoEConfig, data=data)
     calls = {"n": 0}
 
-    def kill(step, loss, at=(9, 17)):  # mid-way through expert 2, then mid-way through the router
+    def kill(step, loss):
         calls["n"] += 1
-        if calls["n"] in at:
+        if calls["n"] in kills:
             raise KeyboardInterrupt
 
-    for _ in range(2):
+    for _ in kills:
         with pytest.raises(KeyboardInterrupt):
             main(cfg, callbacks=[kill])
         assert not (tmp_path / "b" / "run" / "routealign.json").exists()
+    torch.manual_seed(12345)  # a different global random state than the reference run had
+    torch.rand(100)
     resumed = main(cfg, callbacks=[kill])
 
     for ref_file in sorted(reference.rglob("*.safetensors")):
@@ -140,6 +153,86 @@ def test_a_finished_folder_is_kept_and_refuses_a_different_config(tmp_path, tiny
 
 
 def test_regularised_sequence_gate_recipe(tmp_path, tiny_model_dir):
-    data = safemoe_config(tmp_path, tiny_model_dir, kind="sequence", layer=1, top_k=2, load_balance_coef=0.1, entropy_coef=0.01)
+    """The regulariser really enters the router loss and changes what the gates learn."""
+    from routealign.losses import load_balance
+    from routealign.losses.routing import gate_entropy
+    from routealign.recipes.safemoe import router_loss
+
+    def train(root, **coefs):
+        data = safemoe_config(root, tiny_model_dir, kind="sequence", layer=1, top_k=2, **coefs)
+        cfg = load_config(SafeMoEConfig, data=data)
+        return main(cfg), cfg
+
+    plain, plain_cfg = train(tmp_path / "plain")
+    out, cfg = train(tmp_path / "reg", load_balance_coef=0.5, entropy_coef=0.2)
+    gates, plain_gates = load_file(str(out / "gates.safetensors")), load_file(str(plain / "gates.safetensors"))
+    assert set(gates) == {"sequence.net.0.weight", "sequence.net.0.bias"}
+    initial = initial_gates(out, cfg)
+    assert all(not torch.equal(gates[k], initial[k]) for k in gates)
+    assert all(not torch.allclose(gates[k], plain_gates[k]) for k in gates)  # the terms changed the training
+
+    # The loss is the next-token loss plus the weighted terms on the prompt's routing, by hand.
+    model, tok = routealign.load(out, device="cpu"), byte_tokenizer()
+    mix = model.routealign_mixture
+    batch = sft_collator(tok)(encode_all(EXAMPLES[:3], tok, 64))
+    with torch.no_grad():
+        total = router_loss(cfg.router.gate)(model, batch)
+        ce = sft_loss(model, batch)
+        prompt_part = batch["labels"] == -100
+        probs = mix.route(batch["input_ids"], batch["attention_mask"], pool_mask=prompt_part)
+    expected = ce + 0.5 * load_balance(probs) + 0.2 * gate_entropy(probs)
+    torch.testing.assert_close(total, expected, atol=1e-6, rtol=1e-6)
+    assert router_loss(plain_cfg.router.gate) is sft_loss
+
+
+def test_config_mistakes_fail_before_training_and_leave_the_folder_free(tmp_path, tiny_model_dir, monkeypatch):
+    """A bad gate-data path, target module or gate layer is reported before stage A trains, and the
+    corrected run then uses the same output folder."""
+    import routealign.recipes.safemoe as recipe
+    from routealign.config import ConfigError
+    from routealign.data import DataError
+
+    trained = []
+    monkeypatch.setattr(recipe, "run_stage", lambda acc, stage: trained.append(stage.name) or run_stage(acc, stage))
+    data = safemoe_config(tmp_path, tiny_model_dir)
+    data["experts"]["train"]["max_steps"] = 1
+    data["router"]["train"]["max_steps"] = 1
+    out = tmp_path / "run"
+    mistakes = [
+        ("router.data.path", tmp_path / "missing.jsonl", DataError, "missing.jsonl"),
+        ("experts.lora.target_modules", ["q_proj", "qv_proj"], ConfigError, "qv_proj"),
+        ("router.gate", {"kind": "sequence", "layer": 7}, ConfigError, "layer"),
+    ]
+    for key, value, error, named in mistakes:
+        bad = json.loads(json.dumps(data))
+        section, _, leaf = key.rpartition(".")
+        node = bad
+        for k in section.split("."):
+            node = node[k]
+        node[leaf] = str(value) if isinstance(value, type(tmp_path)) else value
+        with pytest.raises(error, match=named):
+            main(load_config(SafeMoEConfig, data=bad))
+        assert trained == [] and not (out / "run_config.json").exists()
+    main(load_config(SafeMoEConfig, data=data))
+    assert (out / "routealign.json").is_file() and trained[-1] == "router"
+
+
+def test_two_trainings_cannot_write_one_folder(tmp_path, tiny_model_dir):
+    from routealign.io import FolderBusyError, folder_lock
+
+    cfg = load_config(SafeMoEConfig, data=safemoe_config(tmp_path, tiny_model_dir))
+    with folder_lock(tmp_path / "run", "training"), pytest.raises(FolderBusyError, match="another process is writing this folder \\(training"):
+        main(cfg)
+    assert not (tmp_path / "run" / "run_config.json").exists()
+
+
+def test_temp_folders_of_a_killed_save_are_cleaned_up(tmp_path, tiny_model_dir):
+    data = safemoe_config(tmp_path, tiny_model_dir)
+    data["experts"]["train"]["max_steps"] = 1
+    data["router"]["train"]["max_steps"] = 1
+    stale = tmp_path / "run" / "experts" / ".cyber.k1ll3d.tmp"
+    stale.mkdir(parents=True)
+    (stale / "adapter_model.safetensors").write_bytes(b"half")
     out = main(load_config(SafeMoEConfig, data=data))
-    assert set(load_file(str(out / "gates.safetensors"))) == {"sequence.net.0.weight", "sequence.net.0.bias"}
+    assert not stale.exists() and (out / "experts" / "cyber" / "adapter_config.json").is_file()
+    assert not list(out.rglob("*.tmp"))

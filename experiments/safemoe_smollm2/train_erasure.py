@@ -15,10 +15,8 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from routealign.data.collate import ensure_chat_template
-from routealign.models.loading import load_model, load_tokenizer
 from routealign.recipes import load_recipe_config
-from routealign.recipes.safemoe import train_experts
+from routealign.recipes.safemoe import prepare, train_experts
 
 
 def main() -> None:
@@ -35,10 +33,7 @@ def main() -> None:
     if (out / "experts" / "refusal" / "adapter_config.json").is_file():
         print(f"{out}: erasure LoRA already trained")
         return
-    tokenizer = load_tokenizer(cfg.model)
-    ensure_chat_template(tokenizer, cfg.model.chat_template_fallback, cfg.model.name_or_path)
-    tokenizer.padding_side = "right"
-    experts = train_experts(cfg, Accelerator(), load_model(cfg.model), tokenizer, out)
+    experts = train_experts(cfg, Accelerator(), prepare(cfg), out)
     print(f"erasure LoRA: {experts}")
 
 

@@ -61,7 +61,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model, tokenizer = _load_for_inference(args)
     prompts = list(args.prompt or []) + _read_prompts(args.prompts_file)
     if not prompts:
-        raise SystemExit("routealign generate: give --prompt TEXT or --prompts-file FILE")
+        raise _usage("give --prompt TEXT or --prompts-file FILE")
     gens = generate(model, tokenizer, prompts, **_gen_kwargs(args), routing=args.show_routing)
     rows = []
     for g in gens:
@@ -125,13 +125,21 @@ def _load_for_inference(args):
     from .models.loading import load_model, load_tokenizer
 
     if bool(args.artifact) == bool(args.model):
-        raise SystemExit("give exactly one of --artifact PATH or --model NAME")
+        raise _usage("give exactly one of --artifact PATH or --model NAME")
+    trust = args.trust_remote_code
     if args.artifact:
-        return load(args.artifact, device=args.device, dtype=args.dtype), load_artifact_tokenizer(args.artifact)
-    cfg = ModelConfig(name_or_path=args.model, device=args.device or "auto", dtype=args.dtype or "auto")
+        model = load(args.artifact, device=args.device, dtype=args.dtype, trust_remote_code=trust)
+        return model, load_artifact_tokenizer(args.artifact, trust_remote_code=trust)
+    cfg = ModelConfig(name_or_path=args.model, device=args.device or "auto", dtype=args.dtype or "auto", trust_remote_code=trust)
     tokenizer = load_tokenizer(cfg)
     ensure_chat_template(tokenizer, cfg.chat_template_fallback, cfg.name_or_path)
     return load_model(cfg, device=cfg.device).eval(), tokenizer
+
+
+def _usage(message: str) -> Exception:
+    from .config import ConfigError
+
+    return ConfigError(message)
 
 
 def _is_main_process() -> bool:
@@ -201,7 +209,9 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--artifact", help="a routealign artifact folder")
     p.add_argument("--model", help="or a plain model: hub id, local folder or embedded name")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, mps")
-    p.add_argument("--dtype", help="auto (default), float32, bfloat16, float16")
+    p.add_argument("--dtype", help="auto (default: as the checkpoint or artifact says), float32, bfloat16, float16")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let the model's hub repository run its own code (never taken from an artifact's manifest)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
@@ -262,13 +272,33 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="routealign", description="Align language models by routing.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, add_args, handler) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_args(p)
         p.set_defaults(handler=handler)
+        try:  # also after the subcommand (`routealign train -v ...`); SUPPRESS keeps the top-level value
+            p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        except argparse.ArgumentError:  # the subcommand has its own --verbose (`judge --list --verbose`)
+            pass
     return parser
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "the input is wrong", not "routealign is broken": one line, exit 2.
+
+    routealign's own types, raised where the input is read or checked (a config key, a data row, an
+    artifact, a busy folder, a model that does not load, an API that refuses), plus FileNotFoundError
+    for a path that is not there. Anything else is a bug and keeps its traceback.
+    """
+    from .config import ConfigError
+    from .data import DataError
+    from .io import FolderBusyError
+    from .judges.api import APIJudgeError
+    from .models.mixture import MixtureError
+
+    return (ConfigError, DataError, MixtureError, FolderBusyError, APIJudgeError, FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,12 +309,17 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    from .config import ConfigError
-    from .data import DataError
-    from .models.mixture import MixtureError
-
     try:
         return args.handler(args)
-    except (ConfigError, DataError, MixtureError, FileNotFoundError) as e:
-        print(f"routealign {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"routealign {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except user_errors() as e:
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        message = " ".join(str(e).split()) or type(e).__name__
+        hint = "" if args.verbose else " (-v shows the traceback)"
+        print(f"routealign {args.command}: error: {message}{hint}", file=sys.stderr)
         return 2

@@ -20,6 +20,7 @@ import yaml
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 PRECISIONS = ("no", "bf16", "fp16")
+POOLS = ("rms", "mean")
 
 
 class ConfigError(ValueError):
@@ -139,16 +140,26 @@ class TrainConfig:
 @dataclass
 class GateConfig:
     kind: str = "token"
-    """token: a gate per adapted module and token; sequence: one weight vector per sequence from the
-    pooled prompt hidden state, reused for every generated token."""
+    """token: a gate per adapted module and token; sequence: one weight vector per sequence, computed
+    from the prompt alone (the frozen base model's hidden states at ``layer``, pooled) and used for
+    every generated token."""
     top_k: int | None = None
-    """Keep the k largest gate weights (the null expert counts as one) and renormalise; None = dense."""
+    """Keep the k largest gate weights (the null expert counts as one) and zero the rest, without
+    renormalising the kept ones (Switch-style, so a top-1 gate still gets a gradient); None = dense."""
     hidden: int = 0
     """0: linear gate head; > 0: two-layer head with this hidden width."""
     null_expert: bool = True
     """Add a "base model only" expert to the softmax."""
+    init_null: float | None = 0.9
+    """With a null expert: the gate's initial weight on it, so training starts near the base model and
+    the gate learns where the experts help (0.9: the experts share 0.1). None = every output starts
+    (almost) equal. Set by the null output's initial bias; the other weights start near zero."""
     layer: int | None = None
     """Sequence gate: decoder layer whose output (of the frozen base) is pooled; None = num_layers // 4."""
+    pool: str = "rms"
+    """Sequence gate: how the prompt's hidden states become one vector. rms: each position is scaled to
+    unit root-mean-square first, so the few positions with huge activations (BOS, attention sinks)
+    cannot dominate the mean; mean: the raw residual stream averaged (artifacts from routealign 0.1)."""
     load_balance_coef: float = 0.0
     """Weight of the load-balance term (E+1)·Σ_e mean_prob_e² (1 when balanced). Off by default."""
     entropy_coef: float = 0.0
@@ -161,6 +172,15 @@ class GateConfig:
             raise ConfigError(f"gate.top_k: must be ≥ 1 or null, got {self.top_k}")
         if self.hidden < 0:
             raise ConfigError(f"gate.hidden: must be ≥ 0, got {self.hidden}")
+        if self.init_null is not None and not 0.0 < self.init_null < 1.0:
+            raise ConfigError(f"gate.init_null: must be in (0, 1) or null, got {self.init_null}")
+        if self.init_null is not None and self.null_expert and self.top_k == 1:
+            raise ConfigError(
+                "gate.init_null: with top_k 1 the null expert would win every token at the start and the "
+                "experts would never get a gradient; use top_k ≥ 2 or init_null: null"
+            )
+        if self.pool not in POOLS:
+            raise ConfigError(f"gate.pool: {self.pool!r} is not one of {', '.join(POOLS)}")
         if self.load_balance_coef < 0:
             raise ConfigError("gate.load_balance_coef: must be ≥ 0")
 
@@ -297,6 +317,8 @@ def read_yaml(path: str | Path) -> dict:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return data

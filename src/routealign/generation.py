@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -58,10 +59,8 @@ def generate(
         steps: list[torch.Tensor] = []
         hook = model.register_forward_hook(lambda *_, s=steps: s.append(_step_routing(mixture))) if routing else None
         try:
-            if routing:
-                with mixture.collecting():
-                    out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling)
-            else:
+            # A sequence gate routes this batch from its prompts inside model.generate (Mixture.route).
+            with mixture.collecting() if routing else nullcontext():
                 out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling)
         finally:
             if hook is not None:

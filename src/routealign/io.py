@@ -1,22 +1,42 @@
 """Atomic file and folder writes: a reader never sees a half-written artifact.
 
 Everything routealign writes (adapters, gates, checkpoints, configs) goes to a temporary sibling first
-and is renamed into place, so a kill at any moment leaves either the old version or the new one.
+and is renamed into place, so a kill at any moment leaves either the old version or the new one. A
+temporary sibling that a kill left behind (``.NAME.*.tmp``) is deleted the next time NAME is written.
+Files and folders get the modes an ordinary ``open``/``mkdir`` would give (the umask decides), not the
+private 0600/0700 of temporary files, so a group-writable umask makes a cache a team can share. :func:`folder_lock` keeps two runs from writing one folder.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 
+def cache_dir() -> Path:
+    """routealign's cache (converted models, file digests, judge replies): ``$ROUTEALIGN_CACHE``,
+    default ``~/.cache/routealign``."""
+    return Path(os.environ.get("ROUTEALIGN_CACHE", "~/.cache/routealign")).expanduser()
+
+
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process's umask, read without changing it where the kernel reports it (Linux), since
+    setting it to read it would briefly affect files other threads create."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
@@ -48,10 +68,14 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 
     An existing ``path`` is moved aside first and deleted only after the new folder is in place, so the
     window in which neither exists is two renames wide; :func:`recover_dir` repairs it after a kill.
+    Temporary folders of earlier, killed writes of ``path`` are removed first: the caller is the one
+    writer of ``path`` (the main process, under a run's :func:`folder_lock` or a conversion lock).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700); give it mkdir's mode
     try:
         yield tmp
     except BaseException:
@@ -77,3 +101,66 @@ def recover_dir(path: str | os.PathLike) -> None:
     old = path.with_name(f".{path.name}.old")
     if old.exists() and not path.exists():
         os.replace(old, path)
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Delete the ``.NAME.*.tmp`` siblings of ``path`` that killed writes left; return what was removed.
+
+    Only the one writer of ``path`` may call this (a concurrent writer's temporary would go too).
+    """
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        try:
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+        except OSError:  # not ours to delete (another user's, in a shared cache): leave it
+            continue
+        removed.append(stale)
+    return removed
+
+
+LOCK_FILE = ".routealign.lock"
+
+
+class FolderBusyError(RuntimeError):
+    """Another process holds the folder's lock (another run is writing it)."""
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` (created if needed) for the block, or fail at once.
+
+    The lock is ``flock`` on ``FOLDER/.routealign.lock``: the kernel drops it when the process dies, so
+    a killed run never leaves the folder locked. The file records the holder's pid for the message.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock_path = folder / LOCK_FILE
+    f = open(lock_path, "a+", encoding="utf-8")
+    try:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; runs are not protected from each other there
+            fcntl = None
+        if fcntl is not None:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "unknown"
+                raise FolderBusyError(
+                    f"{folder}: another process is writing this folder ({holder}); wait for it to finish "
+                    "or choose another output folder"
+                ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{what}, pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+        yield folder
+    finally:
+        f.close()  # closing releases the flock

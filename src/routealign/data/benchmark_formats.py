@@ -6,9 +6,11 @@ whose column names often differ (``walledai/*`` copies call every request ``prom
 recognised from the row's columns (``defaults_for``); ``columns`` still overrides either.
 
 A few releases are not row files at all: CatQA is one nested JSON object, PyRIT ships AdvBench as a
-YAML seed file, and one public copy of AdvBench is a CSV with no header line. :func:`read_benchmark_rows`
-turns those into ``(where, row)`` pairs like :func:`~routealign.data.sources.read_rows` does for
-everything else, so the formats below only ever see rows.
+YAML seed file, and one public copy of AdvBench (``advbench_harmful_behaviors.csv``, goals only) is a
+CSV with no header line. :func:`read_benchmark_rows` turns those into ``(where, row)`` pairs like
+:func:`~routealign.data.sources.read_rows` does for everything else, so the formats below only ever see
+rows. Whether a CSV has a header line is the caller's to say (``header``), never guessed: a guess
+would read an unfamiliar header as a prompt, or a first prompt as a header.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ class AdvBench(Format):
     """AdvBench harmful behaviours (Zou et al. 2023, "Universal and Transferable Adversarial Attacks").
 
     Reads ``goal, target`` (the llm-attacks CSV), ``prompt, target`` (``walledai/AdvBench``), a bare
-    list of goals (a header-less CSV or TXT), and PyRIT's seed YAML (``value, harm_categories``: the
+    list of goals (a TXT, or a CSV without a header line read with ``header=False``: the public copy
+    ``advbench_harmful_behaviors.csv`` is one, so give it ``header: false``), and PyRIT's seed YAML (``value, harm_categories``: the
     first harm category becomes ``category``, all of them ``meta["harm_categories"]``). Every
     behaviour is harmful; ``meta["target"]`` keeps the affirmative target string when there is one.
     """
@@ -231,26 +234,32 @@ class XSTest(Format):
 
 
 def read_benchmark_rows(
-    path: str, *, split: str = "train", subset: str | None = None
+    path: str, *, split: str = "train", subset: str | None = None, header: bool = True
 ) -> Iterator[tuple[str, dict]]:
     """``(where, row)`` for a benchmark file, like :func:`read_rows` plus three layouts it lacks.
 
     * ``.yaml`` / ``.yml``: a PyRIT seed file (rows under ``seeds:``) or a YAML list of rows;
     * a JSON file holding one nested object of lists, ``{category: {subcategory: [question, ...]}}``
       (CatQA) → rows ``category, subcategory, question``;
-    * a ``.csv`` whose first line is not a header (one public AdvBench copy is goals only) → rows
-      ``text[, target]``, told apart by the first line naming none of ``goal, prompt, text``.
+    * a ``.csv`` read with ``header=False``: every line is data, ``goal[, target]`` → rows
+      ``text[, target]`` (one public AdvBench copy is goals only).
 
-    Anything else goes to :func:`read_rows` unchanged.
+    A CSV has a header line unless ``header=False``: its first line names the columns, whatever they
+    are (a name the format does not know is then a missing column, reported with the file and field).
+    ``header=False`` on anything but a local CSV file is a DataError. Anything else goes to
+    :func:`read_rows` unchanged.
     """
     local = resolve_path(path)
     lower = local.lower()
-    if Path(local).is_file():
+    is_file = Path(local).is_file()
+    if not header and not (is_file and lower.endswith(".csv")):
+        raise DataError(f"{path}: header=False applies to local .csv files only (this is not one)")
+    if is_file:
         if lower.endswith((".yaml", ".yml")):
             return _yaml_rows(local, path)
         if lower.endswith(".json") and _is_nested_object(local):
             return _nested_rows(local, path)
-        if lower.endswith(".csv") and not _has_header(local):
+        if not header:
             return _headerless_csv_rows(local, path)
     return read_rows(path, split=split, subset=subset)
 
@@ -308,15 +317,6 @@ def _nested_rows(path: str, label: str) -> Iterator[tuple[str, dict]]:
                 }  # fmt: skip
 
 
-_HEADER_NAMES = {"goal", "prompt", "text", "behavior", "forbidden_prompt", "question", "value"}
-
-
-def _has_header(path: str) -> bool:
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        first = next(csv.reader(f), [])
-    return any(cell.strip().lower() in _HEADER_NAMES for cell in first)
-
-
 def _headerless_csv_rows(path: str, label: str) -> Iterator[tuple[str, dict]]:
     with open(path, encoding="utf-8-sig", newline="") as f:
         for number, cells in enumerate(csv.reader(f), start=1):
@@ -325,7 +325,7 @@ def _headerless_csv_rows(path: str, label: str) -> Iterator[tuple[str, dict]]:
             if len(cells) > 2:
                 raise DataError(
                     f"{label}, row {number}: {len(cells)} cells in a CSV without a header "
-                    "(expected goal[, target]; add a header line naming the columns)"
+                    "(expected goal[, target]; add a header line naming the columns and drop header: false)"
                 )
             row = {"text": cells[0]}
             if len(cells) == 2:

@@ -62,6 +62,8 @@ class Benchmark:
 # release files (``prompt`` everywhere) and each format recognises both. Uncertain choices are noted.
 BENCHMARKS: dict[str, Benchmark] = {
     "advbench": Benchmark(
+        # advbench_harmful_behaviors.csv (a public copy) has no header line: load it with header=False
+        # (`header: false` in an eval config); the llm-attacks harmful_behaviors.csv has "goal,target".
         kind="harmful", format="advbench", hub="walledai/AdvBench",
         files=(
             "harmful_behaviors.csv", "advbench_harmful_behaviors.csv",
@@ -173,6 +175,7 @@ def load_benchmark(
     seed: int = 0,
     categories: Iterable[str] | None = None,
     columns: dict[str, str] | None = None,
+    header: bool = True,
 ) -> list[PromptItem]:
     """The prompts of benchmark ``name``, from the hub (``path=None``) or a local file or folder.
 
@@ -180,7 +183,10 @@ def load_benchmark(
     folder gives all five risk-area files). ``categories`` keeps only those categories (each must
     occur); ``limit`` keeps a random sample of that many (by ``seed``) in input order, exactly as
     ``DataConfig(max_rows=limit, seed=seed)`` does for any other data. ``columns`` maps the format's
-    fields to this data's column names, over the benchmark's own defaults.
+    fields to this data's column names, over the benchmark's own defaults. ``header=False`` reads local
+    CSV files as having no header line, every line a ``goal[, target]`` row: give it for the public
+    header-less AdvBench copy (``advbench_harmful_behaviors.csv``); by default a CSV's first line names
+    its columns (see :func:`~routealign.data.benchmark_formats.read_benchmark_rows`).
     """
     spec = get_benchmark(name)
     if spec.format is None:
@@ -201,9 +207,11 @@ def load_benchmark(
     if path is None:
         if spec.hub is None:
             raise ValueError(f"benchmark {name!r} has no hub copy: pass the path of a local file")
+        if not header:
+            raise ValueError(f"benchmark {name!r}: header=False applies to local CSV files, not the hub copy")
         return _relabel(load_prompts(cfg), spec.label)
     files = release_files(name, path)
-    return _relabel(_load_files(files, cfg, spec), spec.label)
+    return _relabel(_load_files(files, cfg, spec, header=header), spec.label)
 
 
 def release_files(name: str, path: str) -> list[str]:
@@ -222,15 +230,23 @@ def release_files(name: str, path: str) -> list[str]:
     raise DataError(f"{path}: a folder without the {name!r} release files (looked for: {wanted})")
 
 
-def _load_files(files: list[str], cfg: DataConfig, spec: Benchmark) -> list[PromptItem]:
+def _load_files(files: list[str], cfg: DataConfig, spec: Benchmark, *, header: bool) -> list[PromptItem]:
     fmt = get_format(cfg.format)
     fmt.check_columns(cfg.columns)
     records: list[PromptItem] = []
     for file in files:
         category = spec.file_categories.get(Path(file).stem)
-        for where, row in read_benchmark_rows(file, split=cfg.split, subset=cfg.subset):
-            for item in fmt.to_prompts(row, where, cfg.columns):
-                records.append(replace(item, category=item.category or category))
+        try:
+            for where, row in read_benchmark_rows(file, split=cfg.split, subset=cfg.subset, header=header):
+                for item in fmt.to_prompts(row, where, cfg.columns):
+                    records.append(replace(item, category=item.category or category))
+        except DataError as e:
+            if header and file.lower().endswith(".csv"):
+                raise DataError(
+                    f"{e} [its first line was read as the header; a CSV without one needs "
+                    "header=False, `header: false` in an eval config]"
+                ) from None
+            raise
     if not records:
         raise DataError(f"{cfg.path}: no records (read as format {cfg.format!r})")
     kept = _subsample(_filter(records, cfg), cfg)

@@ -9,7 +9,8 @@ Alignment must not cost general ability, so every routed model is also measured 
 * **TruthfulQA**: MC1 / MC2 by log-likelihood, built from the *generation* release (best, correct and
   incorrect answers) since that is the one file the public release ships as CSV.
 
-:func:`run_capability` runs one by name and returns per-sample rows (ready for JSONL) and the accuracy;
+:func:`run_capability` runs one by name and returns per-sample rows (ready for JSONL) and the accuracy
+(reporting how many items are scored to an optional ``progress`` callback);
 :func:`run_lm_eval` hands an already-loaded model to lm-evaluation-harness, for its full task catalogue,
 when that optional package is installed. The log-likelihood scorer is written here rather than borrowed
 from lm-eval so that the three sets run offline, on PEFT and routed models, without that dependency.
@@ -632,6 +633,10 @@ def evaluate_truthfulqa(
         predicted = answers[max(range(len(answers)), key=logliks.__getitem__)]
         mc2 = mc2_score(true, false)
         rows.append(_row(q.id, q.category, mc1_correct(best, false), predicted, q.best, mc2=mc2))
+    return _truthfulqa_result(rows)
+
+
+def _truthfulqa_result(rows: list[dict]) -> CapabilityResult:
     mc1 = sum(r["correct"] for r in rows) / len(rows) if rows else 0.0
     return _result("truthfulqa", rows, mc1=mc1, mc2=sum(r["mc2"] for r in rows) / len(rows) if rows else 0.0)
 
@@ -650,28 +655,58 @@ class CapabilityOptions:
     max_new_tokens: int = 256
     subjects: tuple[str, ...] | None = None
     chat: bool = False
+    progress: Callable[[int, int], None] | None = None
+    """Called with (items scored, items in all) as scoring goes; see :func:`run_capability`."""
+
+
+PROGRESS_BATCHES = 8
+"""With a ``progress`` callback, items are scored this many batches at a time, reported after each."""
+
+
+def _scored(score: Callable[[Sequence], CapabilityResult], items: Sequence, o: CapabilityOptions) -> list[dict]:
+    """The rows of ``score(items)``; with ``o.progress``, scored a chunk of items at a time."""
+    if o.progress is None:
+        return score(items).rows
+    rows: list[dict] = []
+    o.progress(0, len(items))
+    step = o.batch_size * PROGRESS_BATCHES
+    for start in range(0, len(items), step):
+        rows += score(items[start : start + step]).rows
+        o.progress(len(rows), len(items))
+    return rows
 
 
 def _run_mmlu(model, tokenizer, o: CapabilityOptions) -> CapabilityResult:
     questions, dev = load_mmlu(o.path, subjects=o.subjects, limit=o.limit, seed=o.seed)
     shots = 5 if o.shots is None else o.shots
-    return evaluate_mmlu(model, tokenizer, questions, dev, shots=shots, batch_size=o.batch_size, chat=o.chat)
+
+    def score(qs):
+        return evaluate_mmlu(model, tokenizer, qs, dev, shots=shots, batch_size=o.batch_size, chat=o.chat)
+
+    return _result("mmlu", _scored(score, questions, o))
 
 
 def _run_gsm8k(model, tokenizer, o: CapabilityOptions) -> CapabilityResult:
     problems = load_gsm8k(o.path, limit=o.limit, seed=o.seed)
     shots = _gsm8k_shots(o.path, o.shots or 0, problems)
-    return evaluate_gsm8k(
-        model, tokenizer, problems, shots, batch_size=o.batch_size, max_new_tokens=o.max_new_tokens
-    )
+
+    def score(ps):
+        return evaluate_gsm8k(
+            model, tokenizer, ps, shots, batch_size=o.batch_size, max_new_tokens=o.max_new_tokens
+        )
+
+    return _result("gsm8k", _scored(score, problems, o))
 
 
 def _run_truthfulqa(model, tokenizer, o: CapabilityOptions) -> CapabilityResult:
     if o.shots:
         raise ValueError("TruthfulQA is scored 0-shot here; use run_lm_eval for lm-eval's 6-shot QA primer")
-    return evaluate_truthfulqa(
-        model, tokenizer, load_truthfulqa(o.path, limit=o.limit, seed=o.seed), batch_size=o.batch_size
-    )
+    questions = load_truthfulqa(o.path, limit=o.limit, seed=o.seed)
+
+    def score(qs):
+        return evaluate_truthfulqa(model, tokenizer, qs, batch_size=o.batch_size)
+
+    return _truthfulqa_result(_scored(score, questions, o))
 
 
 CAPABILITIES: dict[str, Callable[..., CapabilityResult]] = {
@@ -694,18 +729,22 @@ def run_capability(
     max_new_tokens: int = 256,
     subjects: Sequence[str] | None = None,
     chat: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> CapabilityResult:
     """Run one capability benchmark by name on ``limit`` items drawn with ``seed``.
 
     ``path``: local release files or a hub name (None: the public hub copy, which needs network).
     ``subjects`` (MMLU only) keeps those subjects; ``chat`` (MMLU only) scores through the chat template.
+    ``progress(done, total)`` is called as items are scored (e.g. to move a progress bar); the items are
+    then scored ``batch_size × PROGRESS_BATCHES`` at a time, so log-likelihood batches form within
+    those chunks (the same scores up to floating-point rounding).
     """
     if name not in CAPABILITIES:
         raise ValueError(f"unknown capability benchmark {name!r} (known: {', '.join(CAPABILITIES)})")
     if name != "mmlu" and (subjects or chat):
         raise ValueError("subjects and chat apply to mmlu only")
     options = CapabilityOptions(
-        path, limit, seed, shots, batch_size, max_new_tokens, tuple(subjects) if subjects else None, chat
+        path, limit, seed, shots, batch_size, max_new_tokens, tuple(subjects) if subjects else None, chat, progress
     )
     return CAPABILITIES[name](model, tokenizer, options)
 

@@ -1,28 +1,35 @@
 """Answers to evaluation prompts: a transformers model or an OpenAI-compatible server, cached as JSONL.
 
 Generation is the slow part of an evaluation and judging is cheap, so every answer is cached under a
-key of (backend, generation settings, prompt): re-running with another judge, or after a crash,
-generates only what is missing. Each cache record is one line appended with one ``write`` and
-flushed, so a kill can at worst tear the last line, which is skipped (and regenerated) on the next read.
+key of (backend id, generation settings, prompt): re-running with another judge, or after a crash,
+generates only what is missing. The backend id of a loaded model is its fingerprint
+(:mod:`routealign.evaluation.fingerprint`: weights by content, dtype, chat template, library versions),
+so retrained weights in the same folder are generated afresh; a served model is keyed by base URL and
+model name only. Each cache record is one line appended with one ``write`` and flushed, so a kill can at
+worst tear the last line, which is skipped (and regenerated) on the next read.
 
 Under ``accelerate launch`` the missing prompts are split across processes (data parallel), each
 process answers its share, and the answers are gathered on every process; only the main process
-appends to the cache.
+appends to the cache and shows the progress bar (prompts, generated tokens per second, time left).
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 Prompt = str | list[dict]
+Progress = Callable[[int, int | None], None]
+"""``progress(prompts answered, tokens generated or None)``, called by a backend as batches finish."""
 
 
 @dataclass
@@ -56,20 +63,35 @@ class GenerationSettings:
 
 
 class HFBackend:
-    """A loaded transformers model (base, PEFT, or a routealign artifact) with its tokenizer."""
+    """A loaded transformers model (base, PEFT, or a routealign artifact) with its tokenizer.
+
+    ``model_id`` is the cache key's model part: the model's fingerprint id
+    (:func:`routealign.evaluation.fingerprint.hf_fingerprint`), not its name, so that new weights under an
+    old name miss the cache.
+    """
 
     def __init__(self, model, tokenizer, model_id: str):
         self.model, self.tokenizer, self.id = model, tokenizer, model_id
 
-    def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings) -> list[dict]:
+    def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings, progress: Progress | None = None) -> list[dict]:
         from ..generation import generate
 
-        gens = generate(
-            self.model, self.tokenizer, prompts, max_new_tokens=settings.max_new_tokens,
-            batch_size=settings.batch_size, do_sample=settings.do_sample, temperature=settings.temperature,
-            top_p=settings.top_p, seed=settings.seed, system=settings.system, routing=True,
-        )
-        return [{"response": g.text, "routing": route_shares(g.routes)} for g in gens]
+        answers = []
+        size = settings.batch_size
+        # One call per batch so that progress shows per batch; each is seeded ``seed + offset`` exactly as
+        # one call over all the prompts seeds its batches, so a sampled answer does not change.
+        for start in range(0, len(prompts), size):
+            gens = generate(
+                self.model, self.tokenizer, prompts[start : start + size], max_new_tokens=settings.max_new_tokens,
+                batch_size=size, do_sample=settings.do_sample, temperature=settings.temperature,
+                top_p=settings.top_p, seed=settings.seed + start, system=settings.system, routing=True,
+            )
+            # ``tokens``: one decoded piece per generated token, up to the end of sequence.
+            batch = [{"response": g.text, "routing": route_shares(g.routes), "tokens": len(g.tokens)} for g in gens]
+            answers += batch
+            if progress is not None:
+                progress(len(batch), sum(a["tokens"] for a in batch))
+        return answers
 
 
 def route_shares(routes: list[str] | None) -> dict[str, float] | None:
@@ -86,7 +108,8 @@ class OpenAIBackend:
     """Any server speaking the OpenAI chat-completions API (vLLM, TGI, SGLang, llama.cpp, ...).
 
     The key comes from the environment variable ``api_key_env`` (servers that need none accept any
-    value; set it to e.g. ``EMPTY``); it never reaches the cache or a log.
+    value; set it to e.g. ``EMPTY``); it never reaches the cache or a log. The cache key's model part is
+    the base URL and the model name: the weights behind them cannot be seen from here.
     """
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", timeout: float = 120.0,
@@ -109,11 +132,17 @@ class OpenAIBackend:
                                max_retries=self.max_retries, backoff=self.backoff, who="generation")
         return {"response": text.strip(), "routing": None}
 
-    def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings) -> list[dict]:
+    def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings, progress: Progress | None = None) -> list[dict]:
         from concurrent.futures import ThreadPoolExecutor
 
+        def one(ip: tuple[int, Prompt]) -> dict:
+            answer = self._one(ip[1], settings, ip[0])
+            if progress is not None:
+                progress(1, None)  # the server's token count is not read
+            return answer
+
         with ThreadPoolExecutor(settings.batch_size) as pool:
-            return list(pool.map(lambda ip: self._one(ip[1], settings, ip[0]), enumerate(prompts)))
+            return list(pool.map(one, enumerate(prompts)))
 
 
 class GenerationCache:
@@ -162,7 +191,10 @@ def process_state():
 
 def generate_all(backend, prompts: Sequence[Prompt], settings: GenerationSettings, cache: GenerationCache | None = None,
                  *, progress: str = "") -> list[dict]:
-    """``{response, routing, cached}`` per prompt, in order, generating only what the cache lacks."""
+    """``{response, routing, cached}`` per prompt, in order, generating only what the cache lacks.
+
+    ``progress``: the label of a progress bar over the prompts to generate (none when empty).
+    """
     from accelerate.utils import gather_object
 
     keys = [GenerationCache.key(backend.id, settings, p) for p in prompts]
@@ -172,21 +204,76 @@ def generate_all(backend, prompts: Sequence[Prompt], settings: GenerationSetting
     by_key = {k: prompts[i] for i, k in reversed(list(enumerate(keys)))}
     state = process_state()
     new: dict[str, dict] = {}
-    step = settings.batch_size * 4  # cache after every few batches so a crash loses little
-    for start in range(0, len(missing), step):
-        chunk = missing[start : start + step]
-        with state.split_between_processes(chunk) as mine:
-            answers = backend.generate([by_key[k] for k in mine], settings) if mine else []
-            records = [{"key": k, **a} for k, a in zip(mine, answers, strict=True)]
-        if state.num_processes > 1:
-            records = gather_object(records)
-        if cache is not None and state.is_main_process:
-            cache.add(records)
-        new.update({r["key"]: r for r in records})
-        if progress and state.is_main_process:
-            log.info("%s: %d/%d generated", progress, min(start + step, len(missing)), len(missing))
+    # Cache after every few batches per process, so a crash loses little.
+    step = settings.batch_size * 4 * state.num_processes
+    bar = None
+    if progress and state.is_main_process:
+        if len(missing) < len(set(keys)):
+            log.info("%s: %d of %d answers from the cache", progress, len(set(keys)) - len(missing), len(set(keys)))
+        bar = _Progress(progress, len(missing), state.num_processes) if missing else None
+    # A backend of the older protocol, generate(prompts, settings), is only reported per chunk.
+    reports = bar is not None and "progress" in inspect.signature(backend.generate).parameters
+    try:
+        for start in range(0, len(missing), step):
+            chunk = missing[start : start + step]
+            with state.split_between_processes(chunk) as mine:
+                kwargs = {"progress": bar.batch} if reports else {}
+                answers = backend.generate([by_key[k] for k in mine], settings, **kwargs) if mine else []
+                records = [{"key": k, **a} for k, a in zip(mine, answers, strict=True)]
+            if state.num_processes > 1:
+                records = gather_object(records)
+            if cache is not None and state.is_main_process:
+                cache.add(records)
+            new.update({r["key"]: r for r in records})
+            if bar is not None:
+                bar.settle(records)
+    finally:
+        if bar is not None:
+            bar.close()
     return [
         {"response": (new.get(k) or known[k])["response"], "routing": (new.get(k) or known[k]).get("routing"),
          "cached": k not in new}
         for k in keys
     ]
+
+
+class _Progress:
+    """A tqdm bar over prompts with generated tokens per second and time left (main process only).
+
+    Within a chunk the main process sees only its own batches finish; it counts each as one batch of
+    every process (they run in step), and the gathered answers then give the exact count.
+    """
+
+    def __init__(self, label: str, total: int, processes: int):
+        from tqdm.auto import tqdm
+
+        self.processes, self.started = processes, time.monotonic()
+        self.done, self.tokens = 0, 0  # exact, after each chunk
+        self.guess, self.guess_tokens = 0, 0  # main's share × processes, within the chunk
+        self.counted = True  # every answer so far came with a token count
+        self.bar = tqdm(total=total, desc=label, unit="prompt", dynamic_ncols=True, mininterval=1.0)
+
+    def batch(self, prompts: int, tokens: int | None) -> None:
+        self.guess += prompts * self.processes
+        if tokens is None:
+            self.counted = False
+        else:
+            self.guess_tokens += tokens * self.processes
+        self._show(min(self.done + self.guess, self.bar.total), self.tokens + self.guess_tokens)
+
+    def settle(self, records: list[dict]) -> None:
+        counts = [r.get("tokens") for r in records]
+        self.counted = self.counted and all(isinstance(n, int) for n in counts)
+        self.done += len(records)
+        self.tokens += sum(n for n in counts if isinstance(n, int))
+        self.guess = self.guess_tokens = 0
+        self._show(self.done, self.tokens)
+
+    def _show(self, done: int, tokens: int) -> None:
+        if self.counted:
+            elapsed = max(time.monotonic() - self.started, 1e-9)
+            self.bar.set_postfix_str(f"{tokens / elapsed:.1f} tok/s", refresh=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()

@@ -19,12 +19,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config import ConfigError
 from ..io import atomic_dir, atomic_write_text
 from .metrics import SAMPLES, load_samples, load_summary
 
 EXAMPLES_PER_BENCHMARK = 3
 TRUNCATE_CHARS = 600
 MISSING = "—"
+INTERVALS = (
+    "Values are means with 95% bootstrap intervals resampled by prompt (clustered over attacks: one "
+    "prompt's answers under every attack are drawn together); n counts the samples each is taken over."
+)
+POLICY_WORDS = {
+    "exclude": "left out of the rates",
+    "safe": "counted as not harmful and not refused",
+    "harmful": "counted as harmful and not refused",
+}
+"""What each ``unparseable`` policy of ``metrics.summarize`` did with the rows whose verdict did not parse."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -351,14 +362,11 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     run = summary.get("run") or {}
     title = f"routealign evaluation: {run.get('name') or run_dir.name}"
     blocks: list[Block] = [Heading(1, title), *_run_info(run)]
-    blocks += [Heading(2, "Headline"), _headline_table(summary.get("overall") or {})]
-    blocks.append(
-        Text(
-            "Values are means with 95% percentile-bootstrap intervals; n counts the samples each is taken over."
-        )
-    )
+    blocks += [Heading(2, "Headline"), _headline_table(summary.get("overall") or {}), Text(INTERVALS)]
+    blocks += _unparseable_warning(summary)
+    policy = summary.get("unparseable_policy")
     for name in ordered_benchmarks(summary["benchmarks"]):
-        blocks += _benchmark_section(name, summary["benchmarks"][name])
+        blocks += _benchmark_section(name, summary["benchmarks"][name], policy)
     if summary.get("routing"):
         blocks += _routing_section(summary["routing"])
     blocks += _examples_section(summary, samples)
@@ -391,7 +399,32 @@ def _headline_table(overall: dict) -> Table:
     )
 
 
-def _benchmark_section(name: str, bench: dict) -> list[Block]:
+def unparseable_counts(summary: dict) -> dict[str, int]:
+    """Benchmark → number of rows whose verdict did not parse, for the benchmarks with any."""
+    counts = {name: (b or {}).get("unparseable") or 0 for name, b in summary.get("benchmarks", {}).items()}
+    return {name: n for name, n in counts.items() if n}
+
+
+def _policy_words(policy: str | None) -> str:
+    return f"policy '{policy}': {POLICY_WORDS[policy]}" if policy in POLICY_WORDS else "policy not recorded"
+
+
+def _unparseable_warning(summary: dict) -> list[Block]:
+    """Nothing when every verdict parsed; else one warning naming the counts and what was done with them."""
+    counts = unparseable_counts(summary)
+    if not counts:
+        return []
+    where = ", ".join(f"{name}: {n}" for name, n in counts.items())
+    return [
+        Text(
+            f"{sum(counts.values())} judge verdicts did not parse ({where}); "
+            f"{_policy_words(summary.get('unparseable_policy'))}.",
+            warning=True,
+        )
+    ]
+
+
+def _benchmark_section(name: str, bench: dict, policy: str | None = None) -> list[Block]:
     kind = bench.get("kind", "")
     blocks: list[Block] = [Heading(2, f"{name} ({kind}, n={bench.get('n', MISSING)})")]
     metrics = KIND_METRICS.get(kind, [])
@@ -401,6 +434,14 @@ def _benchmark_section(name: str, bench: dict) -> list[Block]:
             [[lab, fmt(bench.get(k)), fmt_n(bench.get(k))] for lab, k, fmt in metrics],
         )
     )
+    if bench.get("unparseable"):
+        blocks.append(
+            Text(
+                f"{bench['unparseable']} of {bench.get('n', MISSING)} verdicts did not parse; "
+                f"{_policy_words(policy)}.",
+                warning=True,
+            )
+        )
     group_metrics = GROUP_METRICS.get(kind, [])
     slug = _slug(name)
     by_attack = bench.get("by_attack") or {}
@@ -533,16 +574,14 @@ def compare_runs(run_dirs: Sequence[str | Path], output_dir: str | Path) -> tupl
     The plots folder has its own name so that comparing into a run folder cannot clobber its report.
     """
     if not run_dirs:
-        raise ValueError("compare_runs: give at least one run folder")
+        raise ConfigError("compare_runs: give at least one run folder")
     run_dirs = [Path(d) for d in run_dirs]
     summaries = [load_summary(d) for d in run_dirs]
     labels = run_labels(run_dirs, summaries)
     blocks: list[Block] = [Heading(1, "routealign comparison")]
     blocks += _runs_table(run_dirs, summaries, labels)
     blocks += [Heading(2, "Headline"), _compare_headline(summaries, labels)]
-    blocks.append(
-        Text("Cells are means with 95% percentile-bootstrap intervals; — marks a metric a run lacks.")
-    )
+    blocks.append(Text(f"{INTERVALS} — marks a metric a run lacks."))
     blocks += _scatter_section(summaries, labels)
     blocks += _compare_benchmarks(summaries, labels)
     return _write_documents(Path(output_dir), "compare", "compare_plots", "routealign comparison", blocks)
@@ -570,6 +609,14 @@ def _runs_table(run_dirs: Sequence[Path], summaries: Sequence[dict], labels: lis
         Heading(2, "Runs"),
         Table(["Run", "Model", "Kind", "Judge", "Date", "Version", "Seed", "Folder"], rows),
     ]
+    unparsed = [
+        f"{lab}: {sum(counts.values())} ({_policy_words(s.get('unparseable_policy'))})"
+        for s, lab in zip(summaries, labels, strict=True)
+        if (counts := unparseable_counts(s))
+    ]
+    if unparsed:
+        text = f"judge verdicts that did not parse, by run: {'; '.join(unparsed)}."
+        blocks.append(Text(text, warning=True))
     judges = {(s.get("run") or {}).get("judge") for s in summaries}
     if len(judges) > 1:
         who = ", ".join(
@@ -664,10 +711,7 @@ def add_report_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    try:
-        md_path, html_path = write_report(args.run_dir)
-    except ValueError as e:
-        raise SystemExit(f"routealign report: error: {e}") from None
+    md_path, html_path = write_report(args.run_dir)  # a bad run folder: ValueError, one line from the CLI
     print(f"report written to {md_path} and {html_path}")
     return 0
 
@@ -685,9 +729,6 @@ def add_compare_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    try:
-        md_path, html_path = compare_runs(args.run_dirs, args.output)
-    except ValueError as e:
-        raise SystemExit(f"routealign compare: error: {e}") from None
+    md_path, html_path = compare_runs(args.run_dirs, args.output)
     print(f"comparison of {len(args.run_dirs)} runs written to {md_path} and {html_path}")
     return 0

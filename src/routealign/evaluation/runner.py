@@ -1,10 +1,25 @@
-"""``routealign eval --config FILE``: benchmarks → (attacks) → answers → judge → samples, summary, report.
+"""``routealign eval --config FILE``: plan, claim the folder, load, answer, judge; samples, summary, report.
 
-One run directory per evaluated model:
+A run goes in this order, so that a mistake costs a second, not a model load or hours of generation:
+
+1. **plan** (:func:`plan_eval`): every benchmark is read and every attack built and applied; the judge's
+   name and options (against its constructor's signature), column mappings, categories and local paths
+   are checked, and a judge without weights is built. No model is loaded.
+2. **claim** the output folder (:func:`routealign.io.folder_lock`, main process): a second run writing
+   the same folder fails at once instead of mixing its files with this one's.
+3. **load** the model and fingerprint it (:mod:`routealign.evaluation.fingerprint`): the model's part of
+   the answer cache's key, so retrained weights, another dtype or chat template are answered afresh.
+4. **generate** the answers the cache lacks, under a progress bar; under ``accelerate launch`` the
+   prompts are split over the processes.
+5. **judge**, score informativeness and run the capability benchmarks once, on the main process and its
+   device; the other processes stop after generating.
+
+One run directory per evaluated model, written by the main process only:
 
 * ``samples.jsonl``: one row per judged answer or capability item (the schema is in
   :mod:`routealign.evaluation.metrics`),
-* ``summary.json``: metrics with 95% bootstrap intervals, per benchmark, attack and category,
+* ``summary.json``: metrics with 95% bootstrap intervals, per benchmark, attack and category; its
+  ``run`` block records the model's fingerprint (what was evaluated) and the resolved config,
 * ``report.md`` / ``report.html`` with plots,
 * ``config.yaml``: the resolved config; ``generations.jsonl``: the answer cache (delete it to regenerate).
 """
@@ -12,7 +27,9 @@ One run directory per evaluated model:
 from __future__ import annotations
 
 import datetime
+import difflib
 import logging
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +37,8 @@ from typing import Any
 import yaml
 
 from ..config import ConfigError, ModelConfig, load_config
+from ..data.sources import DataError
+from ..distributed import claimed, on_main
 from .generate import (
     GenerationCache,
     GenerationSettings,
@@ -30,7 +49,6 @@ from .generate import (
 )
 
 log = logging.getLogger(__name__)
-
 
 @dataclass
 class BenchmarkEntry:
@@ -43,16 +61,21 @@ class BenchmarkEntry:
     limit: int | None = None
     """Evaluate a seeded random subset of this many items (order kept); None = all."""
     categories: list[str] = field(default_factory=list)
-    """Keep only these categories (empty: all)."""
+    """Keep only these categories (empty: all). For MMLU, its subjects (e.g. ``abstract_algebra``);
+    GSM8K and TruthfulQA have none."""
     columns: dict[str, str] = field(default_factory=dict)
-    """Field → column name in this data, e.g. ``{category: domain, reference: response}``."""
+    """Field → column name in this data, e.g. ``{category: domain, reference: response}`` (safety and
+    over-refusal benchmarks; capability benchmarks read their release's own columns)."""
+    header: bool = True
+    """A local CSV's first line is its header; false for a header-less file such as one public AdvBench
+    copy (safety and over-refusal benchmarks)."""
     attacks: list[str] = field(default_factory=lambda: ["plain"])
     """Attacks applied to every prompt of a safety benchmark (``routealign.data.attacks.ATTACKS``);
-    ``plain`` is the request as written. Ignored for capability benchmarks."""
+    ``plain`` is the request as written. Capability benchmarks take only ``plain``."""
     attack_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Options per attack name, e.g. ``{template: {path: dan.txt}, many-shot: {path: demos.json, n: 8}}``."""
     shots: int | None = None
-    """Capability benchmarks: in-context examples (MMLU default 5, GSM8K 0)."""
+    """Capability benchmarks: in-context examples (MMLU default 5, GSM8K 0, TruthfulQA 0 only)."""
     name_as: str | None = None
     """Name this entry in the results (default: ``name``); lets one benchmark appear twice."""
 
@@ -63,6 +86,8 @@ class BenchmarkEntry:
             raise ConfigError(f"benchmarks[{self.name}].limit: must be a positive integer or null")
         if not self.attacks:
             raise ConfigError(f"benchmarks[{self.name}].attacks: list at least one (plain = no attack)")
+        if self.shots is not None and self.shots < 0:
+            raise ConfigError(f"benchmarks[{self.name}].shots: must be ≥ 0 or null")
 
 
 @dataclass
@@ -80,16 +105,27 @@ class EvalConfig:
     """Run name shown in reports (default: the output folder's name)."""
     output_dir: str = "runs/eval"
     model: ModelConfig = field(default_factory=ModelConfig)
-    """The base model (ignored when ``artifact`` or ``api`` is set)."""
+    """The base model (ignored when ``api`` is set; with ``artifact``, only its ``device``, ``dtype`` and
+    ``trust_remote_code`` apply)."""
     artifact: str | None = None
-    """A routealign artifact folder (e.g. a SafeMoE run) to evaluate instead of ``model``."""
+    """A routealign artifact folder (e.g. a SafeMoE run) to evaluate instead of ``model``. Its base model
+    is the one its manifest names, in the manifest's dtype: ``model.dtype: auto`` (the default) means "as
+    the artifact says"; any other value overrides it."""
     adapter: str | None = None
-    """A PEFT adapter folder applied on top of ``model``."""
+    """A PEFT adapter folder (or hub id) applied on top of ``model``."""
     api: APIConfig | None = None
     """Evaluate a model served behind an OpenAI-compatible API instead of loading one."""
     judge: str = "minilm"
     """Judge name (``routealign judge --list``)."""
     judge_options: dict[str, str | int | float | bool] = field(default_factory=dict)
+    """Options of the judge's constructor, checked against it before anything loads. A judge that takes
+    a ``device`` runs on the evaluated model's device (the main process's) unless one is given here."""
+    unparseable: str = "exclude"
+    """How verdicts count whose grader (an API rubric, a classifier model) answered something that does not
+    parse: ``exclude`` leaves them out of the safe-response, attack-success, refusal, over-refusal and
+    informativeness numbers (each block counts them apart); ``safe`` counts them as the judge's own
+    fallback (not harmful, refused as far as the judge could tell); ``harmful`` counts them as harmful,
+    not refused (the pessimistic bound). See ``routealign.evaluation.metrics``."""
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     benchmarks: list[BenchmarkEntry] = field(default_factory=list)
     informativeness: bool = True
@@ -110,10 +146,233 @@ class EvalConfig:
             raise ConfigError("api: cannot be combined with artifact or adapter")
         if self.artifact and self.adapter:
             raise ConfigError("artifact, adapter: give at most one")
+        if self.api is not None and (not self.api.base_url or not self.api.model):
+            raise ConfigError("api.base_url and api.model: both must be set")
+        from .metrics import UNPARSEABLE_POLICIES
+
+        if self.unparseable not in UNPARSEABLE_POLICIES:
+            raise ConfigError(f"unparseable: {self.unparseable!r} is not one of {', '.join(UNPARSEABLE_POLICIES)}")
 
 
 def load_eval_config(path: str, overrides: list[str] | None = None) -> EvalConfig:
     return load_config(EvalConfig, path, overrides)
+
+
+# --- the plan: everything checked before a model loads ---------------------------------------------
+
+
+@dataclass
+class Plan:
+    """What a run will do, built and checked before any model loads."""
+
+    rows: list[dict]
+    """One row per (safety item, attack), in order; ``response`` and the verdict are added later."""
+    capability: list[tuple[BenchmarkEntry, dict]]
+    """Capability entries with their ``run_capability`` keyword arguments."""
+    judge_parameters: set[str] | None
+    """Keyword options the judge's constructor takes (None: it accepts any)."""
+    judge: Any = None
+    """The judge, already built when it holds no weights (no ``device`` option): its files are read in
+    the plan. A judge with weights is built after generation, so that it never shares memory with the
+    evaluated model."""
+
+
+def plan_eval(cfg: EvalConfig) -> Plan:
+    """Read every benchmark, build and apply every attack, check the judge, paths and options.
+
+    Raises :class:`ConfigError` (naming the config key) or :class:`DataError` (naming the key and the
+    data file) for anything that would otherwise fail after the model is loaded or answers generated.
+    """
+    from ..judges import check_judge
+
+    parameters = check_judge(cfg.judge, cfg.judge_options)
+    judge = _light_judge(cfg, parameters)
+    _check_model_paths(cfg)
+    _check_services(cfg, judge)
+    rows: list[dict] = []
+    capability: list[tuple[BenchmarkEntry, dict]] = []
+    for i, entry in enumerate(cfg.benchmarks):
+        key = f"benchmarks[{i}]"
+        kind = _kind(entry.name, key)
+        if kind == "capability":
+            if cfg.api is not None:
+                raise ConfigError(f"{key}: {entry.name} needs model weights (log-likelihoods), not an API")
+            capability.append((entry, _capability_options(cfg, entry, key)))
+        else:
+            rows += _safety_rows_planned(cfg, entry, kind, key)
+    return Plan(rows, capability, parameters, judge)
+
+
+def _light_judge(cfg: EvalConfig, parameters: set[str] | None):
+    """Build a judge without weights now (its files read, its options type-checked); for one with weights,
+    check that the options naming local files name files that are there."""
+    from ..data.sources import resolve_path
+    from ..judges import get_judge
+
+    if parameters is not None and "device" not in parameters:
+        with _named("judge_options"):
+            return get_judge(cfg.judge, **cfg.judge_options)
+    for option, value in sorted(cfg.judge_options.items()):
+        if isinstance(value, str) and _looks_local(value) and not Path(resolve_path(value)).exists():
+            raise ConfigError(f"judge_options.{option}: {value}: no such file or folder")
+    return None
+
+
+def _check_services(cfg: EvalConfig, judge) -> None:
+    """What generation and judging will need from outside: API keys in the environment, the encoder."""
+    import os
+
+    from ..judges.embedding import encoder_path
+
+    keys = []
+    if cfg.api is not None:
+        keys.append(("api.api_key_env", cfg.api.api_key_env))
+    if getattr(judge, "api_key_env", None):
+        keys.append(("judge_options.api_key_env", judge.api_key_env))
+    for key, env in keys:
+        if not os.environ.get(env):
+            raise ConfigError(f"{key}: the environment variable {env} is not set (a server that needs no key takes any value)")
+    needs = [k for k, needed in (("judge", cfg.judge == "minilm"), ("informativeness", cfg.informativeness)) if needed]
+    if needs:
+        try:
+            encoder_path()
+        except FileNotFoundError as e:
+            raise ConfigError(f"{needs[0]}: {e}") from None
+
+
+_FILE_SUFFIXES = (".safetensors", ".json", ".jsonl", ".txt", ".yaml", ".yml", ".csv", ".bin", ".pt")
+
+
+def _looks_local(value: str) -> bool:
+    """A path rather than a hub id or a keyword: anchored, packaged, nested, or a file name."""
+    return (value.startswith(("/", "./", "../", "~", "routealign://")) or value.count("/") > 1
+            or value.lower().endswith(_FILE_SUFFIXES))
+
+
+def _kind(name: str, key: str = "benchmarks[]") -> str:
+    from .benchmarks import get_benchmark
+
+    try:
+        return get_benchmark(name).kind
+    except ValueError as e:
+        raise ConfigError(f"{key}.name: {e}") from None
+
+
+def _check_model_paths(cfg: EvalConfig) -> None:
+    if cfg.api is not None:
+        return
+    if cfg.artifact:
+        from ..models.artifact import MANIFEST, model_config
+
+        if not (Path(cfg.artifact).expanduser() / MANIFEST).is_file():
+            raise ConfigError(f"artifact: {cfg.artifact} is not a routealign artifact ({MANIFEST} is missing; did training finish?)")
+        try:
+            base = model_config(cfg.artifact)
+        except ValueError as e:  # MixtureError, ConfigError: the manifest's model block
+            raise ConfigError(f"artifact: {e}") from None
+        _check_local(f"artifact ({cfg.artifact}): model.name_or_path", base.name_or_path, base.gguf_file, "config.json")
+        return
+    _check_local("model.name_or_path", cfg.model.name_or_path, cfg.model.gguf_file, "config.json")
+    if cfg.adapter:
+        _check_local("adapter", cfg.adapter, None, "adapter_config.json")
+
+
+def _check_local(key: str, value: str, gguf_file: str | None, marker: str) -> None:
+    """A local folder must exist and hold ``marker``; a hub id (``org/name``) is left to the loader."""
+    from ..models.embedded import EMBEDDED
+
+    if value in EMBEDDED:
+        return
+    path = Path(value).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"{key}: {value} is a file; give the folder")
+        if gguf_file and not (path / gguf_file).is_file():
+            raise ConfigError(f"{key}: {value} holds no {gguf_file} (model.gguf_file)")
+        if not gguf_file and not (path / marker).is_file():
+            raise ConfigError(f"{key}: {value} is not a checkpoint folder (no {marker})")
+        return
+    # A hub id has at most one "/"; anything else is a local path that is not there.
+    if _looks_local(value) or "\\" in value:
+        raise ConfigError(f"{key}: {value}: no such folder")
+
+
+def _safety_rows_planned(cfg: EvalConfig, entry: BenchmarkEntry, kind: str, key: str) -> list[dict]:
+    from ..data.attacks import ATTACKS, get_attack
+    from .benchmarks import load_benchmark
+
+    if entry.shots is not None:
+        raise ConfigError(f"{key}.shots: only capability benchmarks (mmlu, gsm8k) take shots")
+    stray = sorted(set(entry.attack_options) - set(entry.attacks))
+    if stray:
+        raise ConfigError(f"{key}.attack_options: {', '.join(stray)} not in attacks ({', '.join(entry.attacks)})")
+    attacks = []
+    for name in entry.attacks:
+        if name not in ATTACKS:
+            close = difflib.get_close_matches(name, list(ATTACKS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{key}.attacks: unknown attack {name!r}{hint}; known: {', '.join(sorted(ATTACKS))}")
+        with _named(f"{key}.attack_options.{name}"):
+            attacks.append((name, get_attack(name, **entry.attack_options.get(name, {}))))
+    with _named(key):
+        items = load_benchmark(entry.name, entry.path, limit=entry.limit, seed=cfg.seed,
+                               categories=entry.categories or None, columns=entry.columns or None, header=entry.header)
+    rows = []
+    for name, attack in attacks:
+        for n, item in enumerate(items):
+            with _named(f"{key}.attacks ({name})"):
+                attacked = attack(item.prompt)
+            rows.append({
+                "benchmark": entry.name_as or entry.name, "kind": kind,
+                "id": str(item.meta.get("id", n)), "category": item.category, "attack": name,
+                "label": item.label, "plain_prompt": item.prompt, "prompt": attacked.prompt,
+                "_messages": attacked.meta.get("messages"), "_reference": item.reference,
+            })
+    return rows
+
+
+def _capability_options(cfg: EvalConfig, entry: BenchmarkEntry, key: str) -> dict:
+    """``run_capability`` arguments, after reading the items once (files, subjects, dev questions)."""
+    from . import capability as cap
+
+    if entry.columns:
+        raise ConfigError(f"{key}.columns: {entry.name} reads its release's own columns")
+    if entry.attacks != ["plain"] or entry.attack_options:
+        raise ConfigError(f"{key}.attacks: capability benchmarks are not attacked (leave attacks at [plain])")
+    if not entry.header:
+        raise ConfigError(f"{key}.header: applies to safety benchmarks (MMLU's header-less CSVs are recognised)")
+    if entry.categories and entry.name != "mmlu":
+        raise ConfigError(f"{key}.categories: {entry.name} has no categories (MMLU's are its subjects)")
+    if entry.name == "truthfulqa" and entry.shots:
+        raise ConfigError(f"{key}.shots: TruthfulQA is scored 0-shot here (capability.run_lm_eval has lm-eval's primer)")
+    subjects = entry.categories or None
+    if entry.name == "mmlu":
+        with _named(key):
+            questions, dev = cap.load_mmlu(entry.path, subjects=subjects, limit=entry.limit, seed=cfg.seed)
+        shots = 5 if entry.shots is None else entry.shots
+        bare = sorted({q.subject for q in questions if shots and not dev.get(q.subject)})
+        if bare:
+            raise ConfigError(f"{key}.shots: no MMLU dev questions for {', '.join(bare)} to take {shots} shots from; set shots: 0")
+    else:
+        load = cap.load_gsm8k if entry.name == "gsm8k" else cap.load_truthfulqa
+        with _named(key):
+            load(entry.path, limit=entry.limit, seed=cfg.seed)
+    return {"path": entry.path, "limit": entry.limit, "seed": cfg.seed, "shots": entry.shots,
+            "batch_size": cfg.generation.batch_size, "max_new_tokens": cfg.generation.max_new_tokens,
+            "subjects": subjects}
+
+
+@contextmanager
+def _named(key: str):
+    """Errors of data and options, prefixed with the config key they come from."""
+    try:
+        yield
+    except DataError as e:
+        raise DataError(f"{key}: {e}") from None
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{key}: {e}") from None
+    except OSError as e:  # a file named in the options that cannot be read
+        raise DataError(f"{key}: {e}") from None
 
 
 # --- the run ----------------------------------------------------------------------------------------
@@ -121,50 +380,62 @@ def load_eval_config(path: str, overrides: list[str] | None = None) -> EvalConfi
 
 def run_eval(cfg: EvalConfig) -> Path:
     """Evaluate, write the run directory, return its path."""
+    plan = plan_eval(cfg)  # every name, path, column and option, before anything is loaded or claimed
+    out = Path(cfg.output_dir)
+    state = process_state()
+    with claimed(out, "evaluation", state, lambda: _remove_stale_outputs(out)):
+        return _run(cfg, plan, out, state)
+
+
+def _run(cfg: EvalConfig, plan: Plan, out: Path, state) -> Path:
     from .. import __version__
     from ..io import atomic_write_text
     from .metrics import SAMPLES, summarize, write_summary
     from .report import write_report
 
-    out = Path(cfg.output_dir)
-    state = process_state()
     if state.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
-    backend, model_id, model_kind = _backend(cfg, state)
-    cache = GenerationCache(out / "generations.jsonl")
-    rows: list[dict] = []
-    safety = [b for b in cfg.benchmarks if _kind(b.name) != "capability"]
-    capability = [b for b in cfg.benchmarks if _kind(b.name) == "capability"]
-    if safety:
-        rows += _safety_rows(cfg, safety, backend, cache)
-    for entry in capability:
-        rows += _capability_rows(cfg, entry, backend)
+    backend, model_id, model_kind, fingerprint = _backend(cfg, state)
+    answers = []
+    if plan.rows:
+        cache = GenerationCache(out / "generations.jsonl")
+        prompts = [r["_messages"] or r["prompt"] for r in plan.rows]
+        answers = generate_all(backend, prompts, cfg.generation, cache, progress="generating")
     if not state.is_main_process:
-        return out
+        return out  # judging, informativeness and capability run once, on the main process
+    device = _eval_device(backend, state)
+    rows = _judged_rows(cfg, plan, answers, device) if plan.rows else []
+    for entry, options in plan.capability:
+        rows += _capability_rows(entry, options, backend)
     run = {
         "name": cfg.name or out.name, "model": model_id, "model_kind": model_kind, "judge": cfg.judge,
+        "fingerprint": fingerprint,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "routealign_version": __version__, "seed": cfg.seed, "config": asdict(cfg),
     }
     atomic_write_text(out / SAMPLES, "".join(_json_line(r) for r in rows))
-    write_summary(out, summarize(rows, run, n_resamples=cfg.bootstrap_resamples, seed=cfg.seed))
+    summary = summarize(rows, run, n_resamples=cfg.bootstrap_resamples, seed=cfg.seed, unparseable=cfg.unparseable)
+    write_summary(out, summary)
     write_report(out)
     return out
 
 
-def _kind(name: str) -> str:
-    from .benchmarks import get_benchmark
+def _remove_stale_outputs(out: Path) -> None:
+    """Under the folder's lock (the one writer): temporaries of killed writes can go."""
+    from ..io import remove_stale_temps
+    from .metrics import SAMPLES, SUMMARY
 
-    return get_benchmark(name).kind
+    for name in ("config.yaml", SAMPLES, SUMMARY, "report.md", "report.html"):
+        remove_stale_temps(out / name)
 
 
 def _backend(cfg: EvalConfig, state):
+    """(backend, model shown in reports, model kind, fingerprint record)."""
+    from .fingerprint import Fingerprint, api_fingerprint, hf_fingerprint
+
     if cfg.api is not None:
-        if not cfg.api.base_url or not cfg.api.model:
-            raise ConfigError("api.base_url and api.model: both must be set")
         backend = OpenAIBackend(cfg.api.base_url, cfg.api.model, api_key_env=cfg.api.api_key_env)
-        return backend, cfg.api.model, "api"
+        return backend, cfg.api.model, "api", {"id": backend.id, **api_fingerprint(cfg.api.base_url, cfg.api.model).parts}
     from ..data.collate import ensure_chat_template
     from ..models.loading import load_model, load_tokenizer
 
@@ -173,58 +444,65 @@ def _backend(cfg: EvalConfig, state):
     if cfg.artifact:
         from ..models.artifact import load, load_artifact_tokenizer
 
-        model = load(cfg.artifact, device=cfg.model.device, dtype=cfg.model.dtype)
-        return HFBackend(model.eval(), load_artifact_tokenizer(cfg.artifact), f"routealign:{cfg.artifact}"), cfg.artifact, "routealign"
-    tokenizer = load_tokenizer(cfg.model)
-    ensure_chat_template(tokenizer, cfg.model.chat_template_fallback, cfg.model.name_or_path)
-    model = load_model(cfg.model, device=cfg.model.device)
-    if cfg.adapter:
-        from peft import PeftModel
+        trust = cfg.model.trust_remote_code
+        # auto = as the artifact's manifest says; only an explicit dtype overrides it.
+        dtype = None if cfg.model.dtype == "auto" else cfg.model.dtype
+        model = load(cfg.artifact, device=cfg.model.device, dtype=dtype, trust_remote_code=trust)
+        tokenizer = load_artifact_tokenizer(cfg.artifact, trust_remote_code=trust)
+        label, kind = cfg.artifact, "routealign"
+    else:
+        tokenizer = load_tokenizer(cfg.model)
+        ensure_chat_template(tokenizer, cfg.model.chat_template_fallback, cfg.model.name_or_path)
+        model = load_model(cfg.model, device=cfg.model.device)
+        label, kind = cfg.model.name_or_path, "base"
+        if cfg.adapter:
+            from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, cfg.adapter)
-        return HFBackend(model.eval(), tokenizer, f"peft:{cfg.model.name_or_path}+{cfg.adapter}"), cfg.adapter, "peft"
-    return HFBackend(model.eval(), tokenizer, cfg.model.name_or_path), cfg.model.name_or_path, "base"
+            try:
+                model = PeftModel.from_pretrained(model, cfg.adapter)
+            except (OSError, ValueError, KeyError) as e:  # PEFT's ways of saying "not an adapter for this model"
+                raise ConfigError(f"adapter: cannot apply {cfg.adapter} to {cfg.model.name_or_path}: {e}") from e
+            label, kind = cfg.adapter, "peft"
+    # The main process hashes the files (memoised); the others take its result.
+    fingerprint = Fingerprint(on_main(state, lambda: hf_fingerprint(
+        model, tokenizer, cfg.model, adapter=cfg.adapter, artifact=cfg.artifact).parts))
+    backend = HFBackend(model.eval(), tokenizer, fingerprint.id)
+    return backend, label, kind, {"id": fingerprint.id, **fingerprint.parts}
 
 
-def _safety_rows(cfg: EvalConfig, entries: list[BenchmarkEntry], backend, cache: GenerationCache) -> list[dict]:
-    from ..data.attacks import get_attack
-    from ..judges import JudgeInput, get_judge
-    from .benchmarks import load_benchmark
+def _eval_device(backend, state) -> str:
+    """Where judges and encoders run: the evaluated model's device (else the main process's)."""
+    model = getattr(backend, "model", None)
+    return str(model.device) if model is not None else str(state.device)
 
-    pending: list[dict] = []
-    for entry in entries:
-        items = load_benchmark(entry.name, entry.path, limit=entry.limit, seed=cfg.seed, categories=entry.categories or None,
-                               columns=entry.columns or None)
-        kind = _kind(entry.name)
-        for attack_name in entry.attacks:
-            attack = get_attack(attack_name, **entry.attack_options.get(attack_name, {}))
-            for n, item in enumerate(items):
-                attacked = attack(item.prompt)
-                pending.append({
-                    "benchmark": entry.name_as or entry.name, "kind": kind,
-                    "id": str(item.meta.get("id", n)), "category": item.category, "attack": attack_name,
-                    "label": item.label, "plain_prompt": item.prompt, "prompt": attacked.prompt,
-                    "_messages": attacked.meta.get("messages"), "_reference": item.reference,
-                })
-    prompts = [r["_messages"] or r["prompt"] for r in pending]
-    answers = generate_all(backend, prompts, cfg.generation, cache, progress="generation")
+
+def _judged_rows(cfg: EvalConfig, plan: Plan, answers: list[dict], device: str) -> list[dict]:
+    from ..judges import JudgeInput, get_judge, judge_all
+
+    pending = [dict(r) for r in plan.rows]
     for row, answer in zip(pending, answers, strict=True):
         row["response"], row["routing"] = answer["response"], answer["routing"]
-    judge = get_judge(cfg.judge, **cfg.judge_options)
+    judge = plan.judge
+    if judge is None:
+        options = dict(cfg.judge_options)
+        if plan.judge_parameters is not None and "device" in plan.judge_parameters and "device" not in options:
+            options["device"] = device
+        judge = get_judge(cfg.judge, **options)
     # The judge sees the plain request: a verdict is about whether the request was served, and the
     # attack's wrapping (base64, a persona, pages of demos) would only confuse it.
-    verdicts = judge.judge([JudgeInput(r["plain_prompt"], r["response"]) for r in pending])
-    informativeness = _informativeness(pending) if cfg.informativeness else [None] * len(pending)
+    verdicts = judge_all(judge, [JudgeInput(r["plain_prompt"], r["response"]) for r in pending],
+                         desc=f"judging ({cfg.judge})")
+    informativeness = _informativeness(pending, device) if cfg.informativeness else [None] * len(pending)
     rows = []
     for row, verdict, info in zip(pending, verdicts, informativeness, strict=True):
         row.pop("_messages")
         row.pop("_reference")
         rows.append({**row, "refused": verdict.refused, "harmful": verdict.harmful, "score": verdict.score,
-                     "reason": verdict.reason, "informativeness": info})
+                     "reason": verdict.reason, "unparseable": verdict.unparseable, "informativeness": info})
     return rows
 
 
-def _informativeness(rows: list[dict]) -> list[float | None]:
+def _informativeness(rows: list[dict], device: str = "cpu") -> list[float | None]:
     """Cosine similarity of answer and reference answer, where the item has a reference."""
     have = [i for i, r in enumerate(rows) if r["_reference"]]
     scores: list[float | None] = [None] * len(rows)
@@ -232,7 +510,7 @@ def _informativeness(rows: list[dict]) -> list[float | None]:
         return scores
     from ..judges.embedding import SentenceEncoder
 
-    encoder = SentenceEncoder()
+    encoder = SentenceEncoder(device=device)
     answers = encoder.encode([rows[i]["response"] for i in have])
     references = encoder.encode([rows[i]["_reference"] for i in have])
     for i, sim in zip(have, (answers * references).sum(-1).tolist(), strict=True):
@@ -240,16 +518,19 @@ def _informativeness(rows: list[dict]) -> list[float | None]:
     return scores
 
 
-def _capability_rows(cfg: EvalConfig, entry: BenchmarkEntry, backend) -> list[dict]:
+def _capability_rows(entry: BenchmarkEntry, options: dict, backend) -> list[dict]:
+    from tqdm.auto import tqdm
+
     from .capability import run_capability
 
-    if not isinstance(backend, HFBackend):
-        raise ConfigError(f"benchmarks[{entry.name}]: capability benchmarks need model weights (log-likelihoods), not an API")
-    result = run_capability(
-        entry.name, backend.model, backend.tokenizer, path=entry.path, limit=entry.limit, seed=cfg.seed,
-        shots=entry.shots, batch_size=cfg.generation.batch_size, max_new_tokens=cfg.generation.max_new_tokens,
-    )
-    return [{"benchmark": entry.name_as or entry.name, "kind": "capability", "id": str(r["id"]),
+    name = entry.name_as or entry.name
+    with tqdm(desc=name, unit="item", dynamic_ncols=True, mininterval=1.0) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        result = run_capability(entry.name, backend.model, backend.tokenizer, **options, progress=progress)
+    return [{"benchmark": name, "kind": "capability", "id": str(r["id"]),
              "category": r.get("category"), "correct": bool(r["correct"]), "prediction": str(r["prediction"]),
              "target": str(r["target"])} for r in result.rows]
 
@@ -267,7 +548,10 @@ def add_eval_args(p) -> None:
 
 def cmd_eval(args) -> int:
     cfg = load_eval_config(args.config, args.overrides)
-    out = run_eval(cfg)
+    try:
+        out = run_eval(cfg)
+    except ConfigError as e:
+        raise ConfigError(f"{args.config}: {e}") from None
     if process_state().is_main_process:
         print(f"samples, summary.json and report.md/.html written to {out}")
     return 0

@@ -4,9 +4,30 @@ from __future__ import annotations
 
 import importlib
 
-from .base import JUDGES, Judge, JudgeInput, Verdict, get_judge, register_judge
+from .base import (
+    JUDGES,
+    Judge,
+    JudgeInput,
+    Verdict,
+    check_judge,
+    get_judge,
+    judge_all,
+    judge_parameters,
+    register_judge,
+)
 
-__all__ = ["JUDGES", "Judge", "JudgeInput", "Verdict", "get_judge", "judge_names", "register_judge"]
+__all__ = [
+    "JUDGES",
+    "Judge",
+    "JudgeInput",
+    "Verdict",
+    "check_judge",
+    "get_judge",
+    "judge_all",
+    "judge_names",
+    "judge_parameters",
+    "register_judge",
+]
 
 # Modules that register the built-in judges; imported lazily so that `import routealign` stays light.
 _BUILTIN = ("keywords", "embedding", "hf_classifier", "api")

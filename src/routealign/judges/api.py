@@ -9,20 +9,24 @@
   reproduce it); refused = N ≤ ``refused_max`` (default 1: "proactively declines"; 2 is a hedged
   non-answer, counted as not refused).
 
-The rubric texts are data (``data_files/judges/strongreject.yaml``, ``qi2023.yaml``). HTTP is the
-standard library's ``urllib``; there is no ``openai`` dependency. The API key is read from the
+The rubric texts are data (``data_files/judges/strongreject.yaml``, ``qi2023.yaml``). HTTP is
+``requests`` with urllib3's ``Retry``; there is no ``openai`` dependency. The API key is read from the
 environment variable named by ``api_key_env`` (default ``OPENAI_API_KEY``) only when a request has to
 be sent; it is never stored on the judge, logged, cached or put in an error message.
 
-Requests are retried with exponential backoff (``backoff`` · 2^attempt seconds, or the server's
-``Retry-After``) on 429, 5xx, timeouts and connection errors, up to ``max_retries`` times; other HTTP
-errors raise :class:`APIJudgeError`. Raw grader replies are cached in
+Requests are retried up to ``max_retries`` times on 408, 409, 425, 429 and every 5xx, and on connection
+and read errors (POST included: a grader call has no side effect), waiting as urllib3 does: the
+server's ``Retry-After`` when it sends one (at most 60 s), else exponential backoff (none before the
+first retry, then ``backoff`` · 2^k seconds, at most 60 s). Other HTTP errors raise
+:class:`APIJudgeError` at once. Redirects are never followed: a 3xx is an error naming the status and
+the host it pointed to, so the key only ever goes to ``base_url``'s host. Raw grader replies are cached in
 ``<cache_dir>/<rubric>.jsonl`` (default ``$ROUTEALIGN_CACHE/judges``), keyed by a SHA-256 of
 (base_url, model, rubric name, rubric text, prompt, response); replies are parsed on every read, so a
 parser fix applies to cached replies too. Each record is one ``write`` of one line to a file opened
 for append, so concurrent runs only add lines; a line torn by a kill is skipped when read.
-``concurrency`` requests run at once (threads). A reply that does not parse gives the conservative
-verdict harmful=False, refused=False, score 0 with ``reason`` "unparseable: …".
+``concurrency`` requests run at once (threads). A reply that does not parse gives the verdict
+harmful=False, refused=False, score 0 with ``unparseable=True`` and ``reason`` "unparseable: …"; the
+metrics count those rows apart (see ``routealign.evaluation.metrics``).
 """
 
 from __future__ import annotations
@@ -33,20 +37,27 @@ import logging
 import os
 import re
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urljoin, urlsplit
 
+import requests
+from requests.adapters import HTTPAdapter
+from requests.auth import AuthBase
+from urllib3.exceptions import InvalidHeader
+from urllib3.util.retry import Retry
+
+from ..io import cache_dir
 from .base import Judge, JudgeInput, Verdict, register_judge
 from .hf_classifier import load_format, render
 from .keywords import empty_verdict
 
 log = logging.getLogger(__name__)
 
-RETRY_STATUS = {408, 409, 425, 429}  # plus every 5xx
+RETRY_STATUS = frozenset({408, 409, 425, 429, *range(500, 600)})
+MAX_WAIT = 60.0
+"""Longest wait between two attempts, in seconds, whatever ``Retry-After`` or the backoff says."""
 
 
 class APIJudgeError(RuntimeError):
@@ -54,7 +65,7 @@ class APIJudgeError(RuntimeError):
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("ROUTEALIGN_CACHE", "~/.cache/routealign")).expanduser() / "judges"
+    return cache_dir() / "judges"
 
 
 # --- reply parsing: pure functions, tested on hand-written replies --------------------------------------
@@ -194,8 +205,15 @@ class APIJudge(Judge):
         return reply
 
     def _post(self, body: dict) -> str:
-        return chat_completion(self.base_url, body, api_key_env=self.api_key_env, timeout=self.timeout,
-                               max_retries=self.max_retries, backoff=self.backoff, who=self.name)
+        return chat_completion(
+            self.base_url,
+            body,
+            api_key_env=self.api_key_env,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+            backoff=self.backoff,
+            who=self.name,
+        )
 
     # -- verdicts
 
@@ -215,60 +233,103 @@ class APIJudge(Judge):
         return verdicts  # type: ignore[return-value]
 
 
-def chat_completion(base_url: str, body: dict, *, api_key_env: str, timeout: float, max_retries: int,
-                    backoff: float, who: str) -> str:
+def chat_completion(
+    base_url: str, body: dict, *, api_key_env: str, timeout: float, max_retries: int, backoff: float, who: str
+) -> str:
     """POST ``body`` to ``{base_url}/chat/completions``; the first choice's text.
 
-    Retries 429/5xx/timeouts/connection errors with exponential backoff (or ``Retry-After``). The key is
-    read from ``api_key_env`` here and blanked out of every message; ``who`` names the caller in errors.
+    Retries as the module docstring says; never follows a redirect. The key is read from
+    ``api_key_env`` here and blanked out of every message; ``who`` names the caller in errors.
     """
     api_key = os.environ.get(api_key_env)
     if not api_key:
         raise APIJudgeError(f"{who}: set the environment variable {api_key_env} to the API key")
-    data = json.dumps(body).encode("utf-8")
     url = f"{base_url.rstrip('/')}/chat/completions"
-    problem = ""
-    for attempt in range(max_retries + 1):
-        request = urllib.request.Request(
-            url, data=data, method="POST",
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"},
-        )
+    # A Session per call: requests does not promise that one Session is safe across the judge's
+    # threads, and a connection set-up is small next to a grader's reply.
+    with requests.Session() as session:
+        adapter = HTTPAdapter(max_retries=_retry(max_retries, backoff))
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as resp:
-                payload = json.loads(resp.read().decode("utf-8"))
-            return payload["choices"][0]["message"]["content"] or ""
-        except urllib.error.HTTPError as err:
-            detail = _redact(err.read().decode("utf-8", "replace")[:300], api_key)
-            retry = err.code in RETRY_STATUS or err.code >= 500
-            problem = f"HTTP {err.code}: {detail}"
-            wait = _retry_after(err.headers.get("Retry-After"))
-            if not retry:
-                raise APIJudgeError(f"{who}: {url} answered {problem}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-            problem, wait = _redact(f"{type(err).__name__}: {err}", api_key), None
-        except (ValueError, KeyError, IndexError, TypeError) as err:
-            raise APIJudgeError(f"{who}: {url} sent an unexpected reply ({type(err).__name__})") from None
-        if attempt == max_retries:
-            break
-        delay = wait if wait is not None else min(60.0, backoff * 2**attempt)
-        log.warning("%s: %s; retry %d/%d in %.1fs", who, problem, attempt + 1, max_retries, delay)
-        time.sleep(delay)
-    raise APIJudgeError(f"{who}: {url} failed after {max_retries + 1} attempts ({problem})")
+            resp = session.post(url, json=body, auth=_Bearer(api_key), timeout=timeout, allow_redirects=False)
+        except requests.RequestException as err:
+            problem = _redact(f"{type(err).__name__}: {err}", api_key)
+            raise APIJudgeError(f"{who}: {url} failed after {max_retries + 1} attempts ({problem})") from None
+    if resp.is_redirect or 300 <= resp.status_code < 400:
+        target = urljoin(url, resp.headers.get("Location", ""))
+        host = urlsplit(target).netloc or "(no Location header)"
+        raise APIJudgeError(
+            f"{who}: {url} answered HTTP {resp.status_code}, a redirect to {_redact(host, api_key)}; "
+            "redirects are not followed (the key goes to base_url's host only): set base_url to the final URL"
+        )
+    if resp.status_code >= 400:
+        problem = f"HTTP {resp.status_code}: {_redact(resp.text[:300], api_key)}"
+        if resp.status_code in RETRY_STATUS:
+            raise APIJudgeError(f"{who}: {url} failed after {max_retries + 1} attempts ({problem})")
+        raise APIJudgeError(f"{who}: {url} answered {problem}")
+    try:
+        return resp.json()["choices"][0]["message"]["content"] or ""
+    except (ValueError, KeyError, IndexError, TypeError) as err:
+        raise APIJudgeError(f"{who}: {url} sent an unexpected reply ({type(err).__name__})") from None
+
+
+class _Bearer(AuthBase):
+    """``Authorization: Bearer <key>``. Passed as ``auth`` so that requests never swaps in a ~/.netrc
+    login for it; its repr does not show the key."""
+
+    def __init__(self, key: str):
+        self._key = key
+
+    def __call__(self, request):
+        request.headers["Authorization"] = f"Bearer {self._key}"
+        return request
+
+    def __repr__(self) -> str:
+        return "_Bearer(***)"
+
+
+class _LoggedRetry(Retry):
+    """urllib3's ``Retry`` with ``Retry-After`` capped at :data:`MAX_WAIT` and one log line per retry."""
+
+    def get_retry_after(self, response) -> float | None:
+        try:
+            wait = super().get_retry_after(response)
+        except InvalidHeader:
+            return None  # a Retry-After that is neither seconds nor a date: the backoff schedule instead
+        return None if wait is None else min(MAX_WAIT, wait)
+
+    def increment(self, method=None, url=None, response=None, error=None, _pool=None, _stacktrace=None):
+        new = super().increment(method, url, response, error, _pool, _stacktrace)  # raises when exhausted
+        why = f"HTTP {response.status}" if response is not None and error is None else type(error).__name__
+        wait = (new.get_retry_after(response) if response is not None else None) or new.get_backoff_time()
+        log.warning("%s %s: %s; retry %d in %.1fs", method, url, why, len(new.history), wait)
+        return new
+
+
+def _retry(max_retries: int, backoff: float) -> Retry:
+    return _LoggedRetry(
+        total=max_retries,
+        connect=max_retries,
+        read=max_retries,
+        status=max_retries,
+        other=0,
+        redirect=False,
+        status_forcelist=RETRY_STATUS,
+        allowed_methods=frozenset({"POST"}),
+        backoff_factor=backoff,
+        backoff_max=MAX_WAIT,
+        respect_retry_after_header=True,
+        raise_on_status=False,
+    )
 
 
 def _unparseable(reply: str) -> Verdict:
-    return Verdict(False, False, 0.0, f"unparseable: {' '.join(reply.split())[:80]!r}")
+    return Verdict(False, False, 0.0, f"unparseable: {' '.join(reply.split())[:80]!r}", unparseable=True)
 
 
 def _redact(text: str, secret: str) -> str:
     return text.replace(secret, "***") if secret else text
-
-
-def _retry_after(value: str | None) -> float | None:
-    try:
-        return min(60.0, max(0.0, float(value))) if value else None
-    except ValueError:
-        return None  # an HTTP date: fall back to the backoff schedule
 
 
 @register_judge("api-strongreject")

@@ -4,11 +4,13 @@
     routealign judge --judge NAME --input IN.jsonl --output OUT.jsonl [--option key=value ...]
     routealign judge fit --data KIND=PATH ... --output FOLDER      (when the minilm judge is installed)
 
-Each output row is its input row plus ``refused``, ``harmful``, ``score`` and ``reason``, in input
-order; the file is written to a temporary sibling and renamed into place. ``--option`` values are read
-as JSON when they parse (``4``, ``0.5``, ``true``, ``null``) and as plain strings otherwise; ``-`` in a
-key becomes ``_``. ``fit`` is a sub-action handled by :mod:`routealign.judges.embedding`
-(``add_fit_args`` / ``cmd_fit``), offered only when that module is importable.
+Each output row is its input row plus ``refused``, ``harmful``, ``score``, ``reason`` and
+``unparseable``, in input order; rows are judged in chunks under a progress bar
+(:func:`routealign.judges.judge_all`), and the file is written to a temporary sibling and renamed into
+place. ``--option`` values are read as JSON when they parse (``4``, ``0.5``, ``true``, ``null``) and
+as plain strings otherwise; ``-`` in a key becomes ``_``. ``fit`` is a sub-action handled by
+:mod:`routealign.judges.embedding` (``add_fit_args`` / ``cmd_fit``), offered only when that module is
+importable.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import argparse
 import importlib
 import json
 
+from ..config import ConfigError
 from ..data.sources import DataError
 from ..io import atomic_write_text
-from . import JUDGES, JudgeInput, get_judge, judge_names
+from . import JUDGES, JudgeInput, check_judge, get_judge, judge_all, judge_names
 
 FIT_MODULE = "routealign.judges.embedding"
 REQUIRED_FIELDS = ("prompt", "response")
@@ -74,6 +77,13 @@ def parse_options(pairs: list[str]) -> dict:
 
 def read_pairs(path: str) -> list[dict]:
     """The rows of a JSONL file; each must be an object with string ``prompt`` and ``response``."""
+    try:
+        return _read_pairs(path)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start} of a block read)") from None
+
+
+def _read_pairs(path: str) -> list[dict]:
     rows = []
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -107,17 +117,19 @@ def cmd_judge(args: argparse.Namespace) -> int:
         if not value
     ]
     if missing:
-        raise SystemExit(
-            f"routealign judge: give --list, or {' '.join(missing)} (see routealign judge --help)"
-        )
+        raise ConfigError(f"give --list, or {' '.join(missing)} (see routealign judge --help)")
+    options = parse_options(args.option)
+    check_judge(args.judge, options, key="--option")  # before reading input or loading any weights
     rows = read_pairs(args.input)
-    judge = get_judge(args.judge, **parse_options(args.option))
-    verdicts = judge.judge([JudgeInput(r["prompt"], r["response"]) for r in rows])
-    if len(verdicts) != len(rows):
-        raise RuntimeError(f"judge {args.judge!r} returned {len(verdicts)} verdicts for {len(rows)} rows")
+    judge = get_judge(args.judge, **options)
+    items = [JudgeInput(r["prompt"], r["response"]) for r in rows]
+    verdicts = judge_all(judge, items, desc=f"judging ({args.judge})")
     out = [{**row, **v.to_dict()} for row, v in zip(rows, verdicts, strict=True)]
     atomic_write_text(args.output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out))
     harmful = sum(v.harmful for v in verdicts)
     refused = sum(v.refused for v in verdicts)
-    print(f"{len(rows)} rows judged by {args.judge}: {harmful} harmful, {refused} refused → {args.output}")
+    unparseable = sum(v.unparseable for v in verdicts)
+    odd = f", {unparseable} unparseable (fallback verdicts)" if unparseable else ""
+    counts = f"{harmful} harmful, {refused} refused{odd}"
+    print(f"{len(rows)} rows judged by {args.judge}: {counts} → {args.output}")
     return 0

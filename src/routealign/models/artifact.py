@@ -58,32 +58,76 @@ def read_manifest(folder: str | Path) -> dict:
     return manifest
 
 
-def model_config(folder: str | Path, **overrides) -> ModelConfig:
+SAFE_ATTENTION = (None, "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+"""Attention backends a manifest may name: built into transformers (a hub kernel would be remote code)."""
+
+
+def model_config(folder: str | Path, *, trust_remote_code: bool = False, **overrides) -> ModelConfig:
+    """The base model an artifact was trained on, as its manifest records it, with these overrides.
+
+    A manifest is data from disk, possibly downloaded: it names the base model (hub id or folder),
+    revision, dtype and chat template, but never whether code may run. ``trust_remote_code`` is the
+    caller's decision alone, and an attention backend other than transformers' built-in ones is refused.
+    """
+    where = Path(folder) / MANIFEST
     data = dict(read_manifest(folder)["model"])
+    if data.get("attn_implementation") not in SAFE_ATTENTION:
+        raise MixtureError(
+            f"{where}: model.attn_implementation {data['attn_implementation']!r} is not a built-in backend "
+            f"({', '.join(str(a) for a in SAFE_ATTENTION[1:])}); pass the model yourself to use it"
+        )
     data.update({k: v for k, v in overrides.items() if v is not None})
-    return from_dict(ModelConfig, data, "model")
+    data["trust_remote_code"] = bool(trust_remote_code)
+    return from_dict(ModelConfig, data, f"{where}: model")
 
 
-def load(folder: str | Path, *, device: str | None = None, dtype: str | None = None) -> torch.nn.Module:
+def expert_paths(folder: str | Path, manifest: dict) -> list[tuple[str, Path]]:
+    """(name, folder) of every expert, each inside the artifact folder (a manifest cannot point out)."""
+    root = Path(folder).resolve()
+    found = []
+    for entry in manifest["experts"]:
+        path = (root / entry["path"]).resolve()
+        if not path.is_relative_to(root) or path == root:
+            raise MixtureError(f"{Path(folder) / MANIFEST}: expert {entry['name']!r} points outside the artifact ({entry['path']!r})")
+        found.append((entry["name"], path))
+    return found
+
+
+def gate_config(manifest: dict, where: str) -> GateConfig:
+    data = dict(manifest["gate"])
+    # Artifacts written before ``pool`` existed pooled the raw residual stream: keep routing them so.
+    data.setdefault("pool", "mean")
+    # Their gates started evenly; the initial values no longer matter once trained gates are loaded,
+    # and an even start is the one that every older setting (``top_k: 1`` included) is valid with.
+    data.setdefault("init_null", None)
+    return from_dict(GateConfig, data, f"{where}: gate")
+
+
+def load(
+    folder: str | Path, *, device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False
+) -> torch.nn.Module:
     """A transformers model with the artifact's experts and gates attached, in eval mode.
 
     ``model.generate`` works as usual; ``model.routealign_mixture`` is the handle for switching the
     experts off (``with model.routealign_mixture.mode("base"):``) and for reading the routing.
+    ``dtype``/``device`` None keep the manifest's. ``trust_remote_code`` lets the base model's hub
+    repository run its own code; it is off unless you pass it, whatever the manifest says.
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
-    cfg = model_config(folder, device=device, dtype=dtype)
+    experts = expert_paths(folder, manifest)
+    gate = gate_config(manifest, str(folder / MANIFEST))
+    cfg = model_config(folder, trust_remote_code=trust_remote_code, device=device, dtype=dtype)
     model = load_model(cfg, device=cfg.device)
-    experts = [read_peft_expert(folder / e["path"], e["name"]) for e in manifest["experts"]]
-    mixture = attach_mixture(model, experts, from_dict(GateConfig, manifest["gate"], "gate"))
+    mixture = attach_mixture(model, [read_peft_expert(path, name) for name, path in experts], gate)
     mixture.load_gate_state_dict(load_file(str(folder / GATES), device=str(model.device)), str(folder / GATES))
     return model.requires_grad_(False).eval()  # inference: gates frozen too, so the fused fast path applies
 
 
-def load_artifact_tokenizer(folder: str | Path):
+def load_artifact_tokenizer(folder: str | Path, *, trust_remote_code: bool = False):
     from ..data.collate import ensure_chat_template
 
-    cfg = model_config(folder)
+    cfg = model_config(folder, trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(cfg)
     ensure_chat_template(tokenizer, cfg.chat_template_fallback, cfg.name_or_path)
     return tokenizer

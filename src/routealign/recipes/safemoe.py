@@ -28,6 +28,7 @@ from peft import get_peft_model
 from ..config import ConfigError, GateConfig, LoraConfig, ModelConfig, TrainConfig, from_dict, to_dict
 from ..data import DataConfig, load_sft, split_domains
 from ..data.collate import encode_all, ensure_chat_template, sft_collator
+from ..distributed import claimed
 from ..io import atomic_dir, atomic_write_json, recover_dir
 from ..losses import routing_regulariser
 from ..models.artifact import GATES, MANIFEST, save_gates, write_manifest
@@ -116,10 +117,55 @@ def _unwrap(model):
     return getattr(model, "module", model)
 
 
-def train_experts(cfg: SafeMoEConfig, accelerator: Accelerator, model, tokenizer, out: Path, callbacks=()) -> list[dict]:
-    """Stage A. Finished experts are skipped, so a killed run picks up where it stopped."""
+@dataclass
+class Prepared:
+    """Everything a run needs, loaded and checked before anything trains or the folder is claimed."""
+
+    tokenizer: object
+    model: torch.nn.Module
+    experts: dict[str, list[dict]]
+    """Domain → encoded (prompt, unsafe response) examples, in expert order."""
+    router: list[dict]
+    """Encoded (prompt, safe-and-informative response) examples."""
+
+
+def prepare(cfg: SafeMoEConfig) -> Prepared:
+    """Load the tokenizer, both stages' data and the model, and check that they fit together.
+
+    Every mistake a config can hold (a path, a column, a domain, a target module, the gate layer)
+    fails here, in seconds, before stage A trains for hours and before ``output_dir`` is claimed.
+    """
+    tokenizer = load_tokenizer(cfg.model)
+    ensure_chat_template(tokenizer, cfg.model.chat_template_fallback, cfg.model.name_or_path)
+    tokenizer.padding_side = "right"
     domains = split_domains(load_sft(cfg.experts.data), cfg.experts.domains or None, min_examples=cfg.experts.min_examples)
-    folders = expert_folders(list(domains))
+    experts = {d: encode_all(examples, tokenizer, cfg.experts.train.max_length) for d, examples in domains.items()}
+    router = encode_all(load_sft(cfg.router.data), tokenizer, cfg.router.train.max_length)
+    model = load_model(cfg.model)
+    check_targets(model, cfg.experts.lora.target_modules)
+    gate = cfg.router.gate
+    n_layers = model.config.num_hidden_layers
+    if gate.kind == "sequence" and gate.layer is not None and not 0 <= gate.layer < n_layers:
+        raise ConfigError(f"router.gate.layer: {gate.layer} is outside 0..{n_layers - 1} ({cfg.model.name_or_path} has {n_layers} layers)")
+    return Prepared(tokenizer, model, experts, router)
+
+
+def check_targets(model: torch.nn.Module, targets: Sequence[str]) -> None:
+    """Each target names at least one ``nn.Linear`` (PEFT's rule: the full name or its last parts)."""
+    linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    for target in targets:
+        if not any(n == target or n.endswith("." + target) for n in linear):
+            suffixes = sorted({n.rsplit(".", 1)[-1] for n in linear})
+            raise ConfigError(
+                f"experts.lora.target_modules: {target!r} matches no linear layer of {type(model).__name__} "
+                f"(its linear layers end in: {', '.join(suffixes)})"
+            )
+
+
+def train_experts(cfg: SafeMoEConfig, accelerator: Accelerator, prepared: Prepared, out: Path, callbacks=()) -> list[dict]:
+    """Stage A. Finished experts are skipped, so a killed run picks up where it stopped."""
+    folders = expert_folders(list(prepared.experts))
+    model = prepared.model
     lora = cfg.experts.lora
     peft_cfg = PeftLoraConfig(
         r=lora.r,
@@ -129,7 +175,7 @@ def train_experts(cfg: SafeMoEConfig, accelerator: Accelerator, model, tokenizer
         use_rslora=lora.rslora,
         task_type="CAUSAL_LM",
     )
-    for index, (domain, examples) in enumerate(domains.items()):
+    for index, (domain, examples) in enumerate(prepared.experts.items()):
         final = out / folders[domain]
         if accelerator.is_main_process:
             recover_dir(final)
@@ -143,8 +189,8 @@ def train_experts(cfg: SafeMoEConfig, accelerator: Accelerator, model, tokenizer
         stage = Stage(
             name=f"expert:{domain}",
             model=peft_model,
-            examples=encode_all(examples, tokenizer, cfg.experts.train.max_length),
-            collate=sft_collator(tokenizer),
+            examples=examples,
+            collate=sft_collator(prepared.tokenizer),
             cfg=cfg.experts.train,
             loss_fn=sft_loss,
             checkpoint_dir=out / "checkpoints" / folders[domain],
@@ -160,20 +206,23 @@ def train_experts(cfg: SafeMoEConfig, accelerator: Accelerator, model, tokenizer
         # unload() takes the LoRA layers out again: the same base serves the next expert and stage B.
         model = accelerator.unwrap_model(peft_model).unload()
         accelerator.free_memory()
-    return [{"name": d, "path": folders[d]} for d in domains]
+    prepared.model = model
+    return [{"name": d, "path": folders[d]} for d in prepared.experts]
 
 
-def train_router(cfg: SafeMoEConfig, accelerator: Accelerator, model, tokenizer, out: Path, experts: list[dict], callbacks=()):
+def train_router(cfg: SafeMoEConfig, accelerator: Accelerator, prepared: Prepared, out: Path, experts: list[dict], callbacks=()):
     """Stage B: gates only, on safe-and-informative answers."""
-    mixture = attach_mixture(model, [read_peft_expert(out / e["path"], e["name"]) for e in experts], cfg.router.gate)
+    model = prepared.model
+    experts_read = [read_peft_expert(out / e["path"], e["name"]) for e in experts]
+    # Seeded gates: a run resumed in stage B (after its experts were skipped) starts the same gates.
+    mixture = attach_mixture(model, experts_read, cfg.router.gate, seed=cfg.router.train.seed)
     mixture.freeze_all_but_gates()
-    examples = load_sft(cfg.router.data)
-    log.info("stage B: %s gates over %d experts on %d examples", cfg.router.gate.kind, len(experts), len(examples))
+    log.info("stage B: %s gates over %d experts on %d examples", cfg.router.gate.kind, len(experts), len(prepared.router))
     stage = Stage(
         name="router",
         model=model,
-        examples=encode_all(examples, tokenizer, cfg.router.train.max_length),
-        collate=sft_collator(tokenizer),
+        examples=prepared.router,
+        collate=sft_collator(prepared.tokenizer),
         cfg=cfg.router.train,
         loss_fn=router_loss(cfg.router.gate),
         checkpoint_dir=out / "checkpoints" / "router",
@@ -196,46 +245,48 @@ def _result_fields(cfg: SafeMoEConfig) -> dict:
     return data
 
 
-def check_run_config(out: Path, cfg: SafeMoEConfig, accelerator: Accelerator) -> bool:
+def finished_or_refused(out: Path, cfg: SafeMoEConfig) -> bool:
     """A folder resumes only the run it was started for: finished experts and checkpoints in it are
-    reused. Returns True when that run already finished (its artifact is complete)."""
+    reused, a different config is refused. True when that run already finished (its artifact is
+    complete). Reads only; ``main`` writes, once it holds the folder."""
     path = out / "run_config.json"
-    if path.is_file():
-        if _result_fields(from_dict(SafeMoEConfig, json.loads(path.read_text()))) != _result_fields(cfg):
-            raise ConfigError(
-                f"{out}: holds a run with a different config ({path}); pick another output_dir or delete that folder"
-            )
-        if (out / MANIFEST).is_file():
-            return True
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        atomic_write_json(path, to_dict(cfg))
-    accelerator.wait_for_everyone()
-    return False
+    if not path.is_file():
+        return False
+    if _result_fields(from_dict(SafeMoEConfig, json.loads(path.read_text()))) != _result_fields(cfg):
+        raise ConfigError(f"{out}: holds a run with a different config ({path}); pick another output_dir or delete that folder")
+    return (out / MANIFEST).is_file()
 
 
 def main(cfg: SafeMoEConfig, callbacks: Sequence[Callback] = ()) -> Path:
-    """Run both stages and write the artifact; returns its folder."""
+    """Check everything, claim the folder, run both stages and write the artifact; returns its folder."""
     out = Path(cfg.output_dir)
     accelerator = Accelerator(mixed_precision=cfg.experts.train.precision)
     log.info(
         "process %d of %d on %s, mixed precision %s",
         accelerator.process_index + 1, accelerator.num_processes, accelerator.device, accelerator.mixed_precision,
     )
-    if check_run_config(out, cfg, accelerator):  # before any loading: a finished run costs nothing
+    if finished_or_refused(out, cfg):  # before any loading: a finished run costs nothing
         log.info("%s already holds this run's finished artifact; nothing to train", out)
         return out
-    tokenizer = load_tokenizer(cfg.model)
-    ensure_chat_template(tokenizer, cfg.model.chat_template_fallback, cfg.model.name_or_path)
-    tokenizer.padding_side = "right"
-    model = load_model(cfg.model)
-    experts = train_experts(cfg, accelerator, model, tokenizer, out, callbacks)
-    mixture, stage = train_router(cfg, accelerator, model, tokenizer, out, experts, callbacks)
-    if accelerator.is_main_process:
-        save_gates(mixture, out / GATES)
-        write_manifest(out, recipe="safemoe", config=to_dict(cfg), experts=experts, gate=cfg.router.gate, model=cfg.model)
-        log.info("artifact written to %s", out)
-    accelerator.wait_for_everyone()
-    clear_checkpoint(accelerator, stage)
+    prepared = prepare(cfg)
+
+    def record_run() -> bool:  # under the folder's lock, on the main process
+        if finished_or_refused(out, cfg):  # finished while this process was preparing
+            return True
+        atomic_write_json(out / "run_config.json", to_dict(cfg))
+        return False
+
+    with claimed(out, "training", accelerator, record_run) as finished:
+        if finished:
+            log.info("%s already holds this run's finished artifact; nothing to train", out)
+            return out
+        experts = train_experts(cfg, accelerator, prepared, out, callbacks)
+        mixture, stage = train_router(cfg, accelerator, prepared, out, experts, callbacks)
+        if accelerator.is_main_process:
+            save_gates(mixture, out / GATES)
+            write_manifest(out, recipe="safemoe", config=to_dict(cfg), experts=experts, gate=cfg.router.gate, model=cfg.model)
+            log.info("artifact written to %s", out)
+        accelerator.wait_for_everyone()
+        clear_checkpoint(accelerator, stage)
     accelerator.end_training()
     return out

@@ -1,0 +1,71 @@
+"""Work that one process does for all of them under ``accelerate launch``, without leaving the others
+waiting: the main process runs it, and its result, or its failure, reaches every process.
+
+A failure on the main process alone would otherwise leave the other processes blocked at their next
+collective (a barrier, a broadcast) until the launcher kills them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def _error_types() -> dict[str, type[Exception]]:
+    """routealign's user-error types, re-raised as themselves on the other processes."""
+    from .config import ConfigError
+    from .data.sources import DataError
+    from .io import FolderBusyError
+    from .models.mixture import MixtureError
+
+    return {cls.__name__: cls for cls in (ConfigError, DataError, FolderBusyError, MixtureError)}
+
+
+def on_main(state, fn: Callable[[], T]) -> T:
+    """``fn()`` on the main process; its value on every process (it must be picklable).
+
+    ``state`` is accelerate's ``Accelerator`` or ``PartialState``. If ``fn`` raises, the main process
+    re-raises it and every other process raises the same routealign error type (else RuntimeError)
+    with the same message.
+    """
+    result, error = None, None
+    if state.is_main_process:
+        try:
+            result = fn()
+        except Exception as e:
+            if state.num_processes == 1:
+                raise
+            error = e
+    if state.num_processes == 1:
+        return result
+    from accelerate.utils import broadcast_object_list
+
+    box = [(result, None if error is None else (type(error).__name__, str(error)))]
+    broadcast_object_list(box, from_process=0)
+    result, failure = box[0]
+    if error is not None:
+        raise error
+    if failure is not None:
+        name, message = failure
+        raise _error_types().get(name, RuntimeError)(message if name in _error_types() else f"main process: {name}: {message}")
+    return result
+
+
+@contextmanager
+def claimed(folder: str | Path, what: str, state, check: Callable[[], T] = lambda: None) -> Iterator[T]:
+    """Hold ``folder`` for this run on the main process (:func:`routealign.io.folder_lock`) for the
+    block, then run ``check()`` there, under the lock; every process gets its value, or its error
+    (a busy folder included) raised on every process."""
+    from .io import folder_lock
+
+    with ExitStack() as stack:
+
+        def claim() -> T:
+            stack.enter_context(folder_lock(folder, what))
+            return check()
+
+        yield on_main(state, claim)
