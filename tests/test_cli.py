@@ -95,6 +95,15 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, tiny_model_dir, capsys):
     assert "prompts.txt" in err and "UnicodeDecodeError" in err
 
     _one_line_error(capsys, ["generate", "--model", str(tiny_model_dir)])  # no prompt given
+    assert "'cdua' is not auto, cpu, cuda" in _one_line_error(
+        capsys, ["generate", "--model", str(tiny_model_dir), "--prompt", "hi", "--device", "cdua"])
+    assert "is a folder" in _one_line_error(capsys, ["train", "--config", str(tmp_path)])
+
+
+def test_a_damaged_artifact_is_a_one_line_error(artifact, capsys):
+    (artifact / "routealign.json").write_text('{"format": "routealign-artifact", "model": ')
+    err = _one_line_error(capsys, ["generate", "--artifact", str(artifact), "--prompt", "hi"])
+    assert "routealign.json: not a readable manifest" in err
 
 
 def test_verbose_shows_the_traceback_of_a_user_error(tmp_path, capsys):

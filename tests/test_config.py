@@ -62,3 +62,20 @@ def test_apply_overrides_builds_nested_keys():
     assert apply_overrides({}, ["a.b.c=3", "a.d=[1, 2]", "e=null"]) == {"a": {"b": {"c": 3}, "d": [1, 2]}, "e": None}
     with pytest.raises(ConfigError, match="expected dotted.key=value"):
         apply_overrides({}, ["oops"])
+
+
+def test_an_override_that_is_not_yaml_is_kept_as_a_string():
+    from routealign.config import apply_overrides
+
+    assert apply_overrides({}, ["judge_options.model=@cf/meta/llama-guard", "n=3"]) == {
+        "judge_options": {"model": "@cf/meta/llama-guard"}, "n": 3}
+
+
+def test_scheduler_and_device_are_checked_when_read():
+    from routealign.config import ConfigError, ModelConfig, TrainConfig
+
+    with pytest.raises(ConfigError, match="did you mean 'cosine'"):
+        TrainConfig(scheduler="cosin")
+    with pytest.raises(ConfigError, match="model.device"):
+        ModelConfig(device="gpu0")
+    assert ModelConfig(device="cuda:1").device == "cuda:1"

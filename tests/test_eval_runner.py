@@ -273,6 +273,16 @@ def test_missing_services_fail_before_a_model_loads(tmp_path, tiny_model_dir, ev
     assert not (tmp_path / "run").exists()
 
 
+def test_a_classifier_judge_without_its_model_fails_before_generation(tmp_path, tiny_model_dir, eval_files, monkeypatch):
+    _no_model_may_load(monkeypatch)
+    empty = tmp_path / "not-a-model"
+    empty.mkdir()
+    data = {**_config(tmp_path, tiny_model_dir, *eval_files), "judge": "llama-guard-3",
+            "judge_options": {"model": str(empty)}}
+    with pytest.raises(ConfigError, match="judge_options.model: the llama-guard-3 judge cannot find"):
+        run_eval(load_eval_config(str(_write(tmp_path, data))))
+
+
 def test_every_registered_judge_has_checkable_options():
     """Each judge's options are found by following ``**options`` up its MRO (none accepts anything)."""
     from routealign.judges import JUDGES, Judge, judge_names, judge_parameters

@@ -202,6 +202,7 @@ def test_config_mistakes_fail_before_training_and_leave_the_folder_free(tmp_path
         ("router.data.path", tmp_path / "missing.jsonl", DataError, "missing.jsonl"),
         ("experts.lora.target_modules", ["q_proj", "qv_proj"], ConfigError, "qv_proj"),
         ("router.gate", {"kind": "sequence", "layer": 7}, ConfigError, "layer"),
+        ("router.train.scheduler", "cosin", ConfigError, "did you mean 'cosine'"),
     ]
     for key, value, error, named in mistakes:
         bad = json.loads(json.dumps(data))
@@ -215,6 +216,31 @@ def test_config_mistakes_fail_before_training_and_leave_the_folder_free(tmp_path
         assert trained == [] and not (out / "run_config.json").exists()
     main(load_config(SafeMoEConfig, data=data))
     assert (out / "routealign.json").is_file() and trained[-1] == "router"
+
+
+def test_a_run_that_trained_nothing_leaves_the_folder_to_the_corrected_config(tmp_path, tiny_model_dir, monkeypatch):
+    """The first step fails (out of memory, say) after the folder was claimed: a smaller batch then
+    takes the folder over; once an expert is finished, a different config is refused."""
+    import routealign.recipes.safemoe as recipe
+
+    data = safemoe_config(tmp_path, tiny_model_dir)
+    data["experts"]["train"]["max_steps"] = 1
+    data["router"]["train"]["max_steps"] = 1
+
+    def out_of_memory(*args):
+        raise RuntimeError("CUDA out of memory (pretend)")
+
+    with monkeypatch.context() as m:
+        m.setattr(recipe, "run_stage", out_of_memory)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            main(load_config(SafeMoEConfig, data=data))
+    assert (tmp_path / "run" / "run_config.json").is_file()
+    data["experts"]["train"]["batch_size"] = 1
+    out = main(load_config(SafeMoEConfig, data=data))
+    assert json.loads((out / "run_config.json").read_text())["experts"]["train"]["batch_size"] == 1
+    data["experts"]["train"]["batch_size"] = 2
+    with pytest.raises(ValueError, match="different config"):
+        main(load_config(SafeMoEConfig, data=data))
 
 
 def test_two_trainings_cannot_write_one_folder(tmp_path, tiny_model_dir):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import yaml
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 PRECISIONS = ("no", "bf16", "fp16")
 POOLS = ("rms", "mean")
+DEVICE_PATTERN = r"auto|cpu|mps|(cuda|xpu)(:\d+)?"
 
 
 class ConfigError(ValueError):
@@ -61,6 +63,8 @@ class ModelConfig:
             raise ConfigError(f"model.dtype: {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.chat_template_fallback not in (None, "plain"):
             raise ConfigError("model.chat_template_fallback: must be null or 'plain'")
+        if not re.fullmatch(DEVICE_PATTERN, self.device):
+            raise ConfigError(f"model.device: {self.device!r} is not auto, cpu, cuda, cuda:N, mps or xpu[:N]")
 
 
 @dataclass
@@ -135,6 +139,13 @@ class TrainConfig:
             raise ConfigError(f"train.max_length: must be ≥ 8, got {self.max_length}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"train.precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
+        from transformers import SchedulerType
+
+        schedulers = [t.value for t in SchedulerType]
+        if self.scheduler not in schedulers:
+            close = difflib.get_close_matches(self.scheduler, schedulers, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(schedulers)})"
+            raise ConfigError(f"train.scheduler: {self.scheduler!r} is not a transformers scheduler{hint}")
 
 
 @dataclass
@@ -159,7 +170,8 @@ class GateConfig:
     pool: str = "rms"
     """Sequence gate: how the prompt's hidden states become one vector. rms: each position is scaled to
     unit root-mean-square first, so the few positions with huge activations (BOS, attention sinks)
-    cannot dominate the mean; mean: the raw residual stream averaged (artifacts from routealign 0.1)."""
+    cannot dominate the mean; mean: the raw residual stream averaged (what artifacts whose manifest has
+    no ``gate.pool`` were trained with, and still get when loaded)."""
     load_balance_coef: float = 0.0
     """Weight of the load-balance term (E+1)·Σ_e mean_prob_e² (1 when balanced). Off by default."""
     entropy_coef: float = 0.0
@@ -285,7 +297,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             if not isinstance(child, dict):
                 raise ConfigError(f"override {item!r}: {k} is not a mapping")
             node = child
-        node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            node[keys[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:  # "@cf/x" and the like: not YAML, but a fine string
+            node[keys[-1]] = raw
     return data
 
 
@@ -303,6 +318,8 @@ def packaged_configs() -> list[str]:
 def resolve_config_path(name: str) -> Path:
     """A file path, or the name of a packaged config (``safemoe/smollm2-cpu``)."""
     path = Path(name).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"config {name!r}: is a folder; give a YAML file")
     if path.exists():
         return path
     packaged = resources.files("routealign") / "configs" / (name if name.endswith(".yaml") else name + ".yaml")

@@ -15,22 +15,19 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def _error_types() -> dict[str, type[Exception]]:
-    """routealign's user-error types, re-raised as themselves on the other processes."""
-    from .config import ConfigError
-    from .data.sources import DataError
-    from .io import FolderBusyError
-    from .models.mixture import MixtureError
+def _error_types() -> dict[str, type[BaseException]]:
+    """The user-error types the command line reports in one line, re-raised as themselves elsewhere."""
+    from .cli import user_errors
 
-    return {cls.__name__: cls for cls in (ConfigError, DataError, FolderBusyError, MixtureError)}
+    return {cls.__name__: cls for cls in user_errors()}
 
 
 def on_main(state, fn: Callable[[], T]) -> T:
     """``fn()`` on the main process; its value on every process (it must be picklable).
 
     ``state`` is accelerate's ``Accelerator`` or ``PartialState``. If ``fn`` raises, the main process
-    re-raises it and every other process raises the same routealign error type (else RuntimeError)
-    with the same message.
+    re-raises it and every other process raises the same type, if it is a user error (``cli.user_errors``),
+    else a RuntimeError, with the same message.
     """
     result, error = None, None
     if state.is_main_process:
@@ -51,7 +48,8 @@ def on_main(state, fn: Callable[[], T]) -> T:
         raise error
     if failure is not None:
         name, message = failure
-        raise _error_types().get(name, RuntimeError)(message if name in _error_types() else f"main process: {name}: {message}")
+        known = _error_types()
+        raise known[name](message) if name in known else RuntimeError(f"main process: {name}: {message}")
     return result
 
 

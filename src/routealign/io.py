@@ -2,7 +2,8 @@
 
 Everything routealign writes (adapters, gates, checkpoints, configs) goes to a temporary sibling first
 and is renamed into place, so a kill at any moment leaves either the old version or the new one. A
-temporary sibling that a kill left behind (``.NAME.*.tmp``) is deleted the next time NAME is written.
+temporary folder that a kill left behind (``.NAME.*.tmp``) is deleted the next time :func:`atomic_dir`
+writes NAME.
 Files and folders get the modes an ordinary ``open``/``mkdir`` would give (the umask decides), not the
 private 0600/0700 of temporary files, so a group-writable umask makes a cache a team can share. :func:`folder_lock` keeps two runs from writing one folder.
 """
@@ -128,7 +129,8 @@ LOCK_FILE = ".routealign.lock"
 
 
 class FolderBusyError(RuntimeError):
-    """Another process holds the folder's lock (another run is writing it)."""
+    """The output folder cannot be had: another process holds its lock (another run is writing it),
+    or the path is a file."""
 
 
 @contextmanager
@@ -139,6 +141,8 @@ def folder_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[Path]:
     a killed run never leaves the folder locked. The file records the holder's pid for the message.
     """
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise FolderBusyError(f"{folder}: is a file, not a folder; choose another output folder")
     folder.mkdir(parents=True, exist_ok=True)
     lock_path = folder / LOCK_FILE
     f = open(lock_path, "a+", encoding="utf-8")

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .io import atomic_write_text, recover_dir, replace_dir
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ def _save_checkpoint(path: Path, accelerator, model, optimizer, scheduler, step:
 def _load_checkpoint(path: Path, accelerator, model, optimizer, scheduler) -> tuple[int, int, int]:
     state = json.loads((path / "trainer_state.json").read_text())
     if state.get("num_processes", 1) != accelerator.num_processes:
-        raise ValueError(
+        raise ConfigError(
             f"{path}: saved by {state.get('num_processes', 1)} processes, resumed with {accelerator.num_processes}; "
             "the data order would differ. Resume with the same number of processes, or delete the checkpoint"
         )
@@ -208,7 +208,7 @@ def _load_checkpoint(path: Path, accelerator, model, optimizer, scheduler) -> tu
     named = dict(accelerator.unwrap_model(model).named_parameters())
     missing = [n for n, p in named.items() if p.requires_grad and n not in weights]
     if missing:
-        raise ValueError(f"{path}: checkpoint lacks trainable parameters {missing[:3]}; delete it to start over")
+        raise ConfigError(f"{path}: checkpoint lacks trainable parameters {missing[:3]}; delete it to start over")
     with torch.no_grad():
         for name, value in weights.items():
             named[name].copy_(value)

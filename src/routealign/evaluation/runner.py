@@ -123,8 +123,8 @@ class EvalConfig:
     unparseable: str = "exclude"
     """How verdicts count whose grader (an API rubric, a classifier model) answered something that does not
     parse: ``exclude`` leaves them out of the safe-response, attack-success, refusal, over-refusal and
-    informativeness numbers (each block counts them apart); ``safe`` counts them as the judge's own
-    fallback (not harmful, refused as far as the judge could tell); ``harmful`` counts them as harmful,
+    informativeness numbers (each block counts them apart); ``safe`` counts them as not harmful, with
+    the ``refused`` the judge's fallback gave (refusal keywords for the HF classifiers); ``harmful`` counts them as harmful,
     not refused (the pessimistic bound). See ``routealign.evaluation.metrics``."""
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     benchmarks: list[BenchmarkEntry] = field(default_factory=list)
@@ -188,7 +188,6 @@ def plan_eval(cfg: EvalConfig) -> Plan:
     parameters = check_judge(cfg.judge, cfg.judge_options)
     judge = _light_judge(cfg, parameters)
     _check_model_paths(cfg)
-    _check_services(cfg, judge)
     rows: list[dict] = []
     capability: list[tuple[BenchmarkEntry, dict]] = []
     for i, entry in enumerate(cfg.benchmarks):
@@ -200,6 +199,7 @@ def plan_eval(cfg: EvalConfig) -> Plan:
             capability.append((entry, _capability_options(cfg, entry, key)))
         else:
             rows += _safety_rows_planned(cfg, entry, kind, key)
+    _check_services(cfg, judge, references=any(r["_reference"] for r in rows))
     return Plan(rows, capability, parameters, judge)
 
 
@@ -215,11 +215,31 @@ def _light_judge(cfg: EvalConfig, parameters: set[str] | None):
     for option, value in sorted(cfg.judge_options.items()):
         if isinstance(value, str) and _looks_local(value) and not Path(resolve_path(value)).exists():
             raise ConfigError(f"judge_options.{option}: {value}: no such file or folder")
+    _check_classifier_model(cfg)
     return None
 
 
-def _check_services(cfg: EvalConfig, judge) -> None:
-    """What generation and judging will need from outside: API keys in the environment, the encoder."""
+def _check_classifier_model(cfg: EvalConfig) -> None:
+    """A classifier judge's model (Llama Guard, ...) must be reachable: its config is read now (a small
+    file, from the hub cache when offline), its weights only after generation."""
+    from ..judges import JUDGES
+
+    default = getattr(JUDGES[cfg.judge], "default_model", "")
+    model = cfg.judge_options.get("model", default)
+    if not default or not isinstance(model, str):
+        return
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(model, revision=cfg.judge_options.get("revision"), trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"judge_options.model: the {cfg.judge} judge cannot find {model!r}: {e}") from None
+
+
+def _check_services(cfg: EvalConfig, judge, *, references: bool) -> None:
+    """What generation and judging will need from outside: API keys in the environment; the sentence
+    encoder for the minilm judge (unless given its own) and for informativeness (when any item has a
+    reference answer to compare with)."""
     import os
 
     from ..judges.embedding import encoder_path
@@ -232,7 +252,8 @@ def _check_services(cfg: EvalConfig, judge) -> None:
     for key, env in keys:
         if not os.environ.get(env):
             raise ConfigError(f"{key}: the environment variable {env} is not set (a server that needs no key takes any value)")
-    needs = [k for k, needed in (("judge", cfg.judge == "minilm"), ("informativeness", cfg.informativeness)) if needed]
+    minilm = cfg.judge == "minilm" and "encoder" not in cfg.judge_options
+    needs = [k for k, needed in (("judge", minilm), ("informativeness", cfg.informativeness and references)) if needed]
     if needs:
         try:
             encoder_path()
@@ -460,7 +481,7 @@ def _backend(cfg: EvalConfig, state):
 
             try:
                 model = PeftModel.from_pretrained(model, cfg.adapter)
-            except (OSError, ValueError, KeyError) as e:  # PEFT's ways of saying "not an adapter for this model"
+            except (OSError, ValueError, KeyError, RuntimeError) as e:  # PEFT: "not an adapter for this model"
                 raise ConfigError(f"adapter: cannot apply {cfg.adapter} to {cfg.model.name_or_path}: {e}") from e
             label, kind = cfg.adapter, "peft"
     # The main process hashes the files (memoised); the others take its result.
@@ -487,7 +508,8 @@ def _judged_rows(cfg: EvalConfig, plan: Plan, answers: list[dict], device: str) 
         options = dict(cfg.judge_options)
         if plan.judge_parameters is not None and "device" in plan.judge_parameters and "device" not in options:
             options["device"] = device
-        judge = get_judge(cfg.judge, **options)
+        with _named("judge_options"):
+            judge = get_judge(cfg.judge, **options)
     # The judge sees the plain request: a verdict is about whether the request was served, and the
     # attack's wrapping (base64, a persona, pages of demos) would only confuse it.
     verdicts = judge_all(judge, [JudgeInput(r["plain_prompt"], r["response"]) for r in pending],

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+from pathlib import Path
 
 from ..config import ConfigError
 from ..data.sources import DataError
@@ -81,6 +82,8 @@ def read_pairs(path: str) -> list[dict]:
         return _read_pairs(path)
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start} of a block read)") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder; give a JSONL file") from None
 
 
 def _read_pairs(path: str) -> list[dict]:
@@ -121,7 +124,12 @@ def cmd_judge(args: argparse.Namespace) -> int:
     options = parse_options(args.option)
     check_judge(args.judge, options, key="--option")  # before reading input or loading any weights
     rows = read_pairs(args.input)
-    judge = get_judge(args.judge, **options)
+    try:
+        judge = get_judge(args.judge, **options)
+    except (TypeError, ValueError) as e:  # an option of the right name with a value the judge cannot use
+        raise ConfigError(f"--option: {e}") from None
+    if Path(args.output).is_dir():
+        raise ConfigError(f"--output {args.output}: is a folder; give a file name")
     items = [JudgeInput(r["prompt"], r["response"]) for r in rows]
     verdicts = judge_all(judge, items, desc=f"judging ({args.judge})")
     out = [{**row, **v.to_dict()} for row, v in zip(rows, verdicts, strict=True)]

@@ -316,7 +316,7 @@ def read_labelled(spec: str, *, limit: int | None = None, seed: int = 0) -> list
 def _read_labelled(spec: str) -> list[LabelledPair]:
     kind, sep, path = spec.partition("=")
     if not sep or kind not in READERS:
-        raise ValueError(f"labelled data {spec!r}: write KIND=PATH with KIND one of {', '.join(READERS)}")
+        raise DataError(f"labelled data {spec!r}: write KIND=PATH with KIND one of {', '.join(READERS)}")
     if not os.path.exists(path):
         raise DataError(f"{path}: file not found")
     if os.path.isdir(path) and kind != "jailbreakbench":

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
+from ..config import ConfigError
 from .base import Judge, JudgeInput, Verdict, register_judge
 from .keywords import KeywordJudge, data_file, empty_verdict
 
@@ -166,12 +167,16 @@ class GenerativeClassifierJudge(Judge):
         if isinstance(model, str):
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(
-                model, revision=revision, trust_remote_code=False
-            )
-            model = AutoModelForCausalLM.from_pretrained(
-                model, dtype=torch_dtype(dtype), revision=revision, trust_remote_code=False
-            )
+            name = model
+            try:
+                tokenizer = tokenizer or AutoTokenizer.from_pretrained(
+                    name, revision=revision, trust_remote_code=False
+                )
+                model = AutoModelForCausalLM.from_pretrained(
+                    name, dtype=torch_dtype(dtype), revision=revision, trust_remote_code=False
+                )
+            except (OSError, ValueError) as e:  # missing, misspelt, gated, or not cached while offline
+                raise ConfigError(f"{self.name}: cannot load the classifier {name!r} (judge option model): {e}") from e
             model.to(pick_device(device))
         elif tokenizer is None:
             raise ValueError(f"{self.name}: pass the tokenizer along with an already-built model")

@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
@@ -52,9 +53,16 @@ def read_manifest(folder: str | Path) -> dict:
     path = Path(folder) / MANIFEST
     if not path.is_file():
         raise FileNotFoundError(f"{folder}: not a routealign artifact ({MANIFEST} is missing; did training finish?)")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != "routealign-artifact" or manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise MixtureError(f"{path}: unknown artifact format {manifest.get('format')!r} v{manifest.get('format_version')}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MixtureError(f"{path}: not a readable manifest ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != "routealign-artifact" or manifest.get("format_version", 0) > FORMAT_VERSION:
+        shown = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise MixtureError(f"{path}: unknown artifact format {shown!r}")
+    missing = [key for key in ("model", "experts", "gate") if not isinstance(manifest.get(key), dict | list)]
+    if missing:
+        raise MixtureError(f"{path}: the manifest lacks {', '.join(missing)}")
     return manifest
 
 
@@ -86,6 +94,8 @@ def expert_paths(folder: str | Path, manifest: dict) -> list[tuple[str, Path]]:
     root = Path(folder).resolve()
     found = []
     for entry in manifest["experts"]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not isinstance(entry.get("path"), str):
+            raise MixtureError(f"{Path(folder) / MANIFEST}: each expert needs a name and a path, got {entry!r}")
         path = (root / entry["path"]).resolve()
         if not path.is_relative_to(root) or path == root:
             raise MixtureError(f"{Path(folder) / MANIFEST}: expert {entry['name']!r} points outside the artifact ({entry['path']!r})")
@@ -120,7 +130,11 @@ def load(
     cfg = model_config(folder, trust_remote_code=trust_remote_code, device=device, dtype=dtype)
     model = load_model(cfg, device=cfg.device)
     mixture = attach_mixture(model, [read_peft_expert(path, name) for name, path in experts], gate)
-    mixture.load_gate_state_dict(load_file(str(folder / GATES), device=str(model.device)), str(folder / GATES))
+    try:
+        gates = load_file(str(folder / GATES), device=str(model.device))
+    except (OSError, SafetensorError) as e:
+        raise MixtureError(f"{folder / GATES}: cannot read the gates ({e})") from None
+    mixture.load_gate_state_dict(gates, str(folder / GATES))
     return model.requires_grad_(False).eval()  # inference: gates frozen too, so the fused fast path applies
 
 

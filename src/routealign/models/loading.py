@@ -27,9 +27,17 @@ def torch_dtype(name: str) -> torch.dtype | str:
 
 
 def pick_device(name: str) -> torch.device:
+    """``auto`` = cuda when torch sees a GPU, else cpu; a named device must exist here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"device: {name!r} is not a torch device ({e})") from None
+    available = {"cuda": torch.cuda.is_available, "mps": lambda: torch.backends.mps.is_available()}
+    if device.type in available and not available[device.type]():
+        raise ConfigError(f"device: {name!r} asked for, but torch sees no {device.type.upper()} device here")
+    return device
 
 
 def _hub_kwargs(cfg: ModelConfig) -> dict:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
@@ -63,7 +64,11 @@ def read_peft_expert(path: str | Path, name: str | None = None) -> Expert:
     for f in (config_file, weights_file):
         if not f.is_file():
             raise MixtureError(f"{path}: not a PEFT adapter folder ({f.name} is missing)")
-    cfg = json.loads(config_file.read_text())
+    try:
+        cfg = json.loads(config_file.read_text(encoding="utf-8"))
+        tensors = load_file(str(weights_file))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError, SafetensorError) as e:
+        raise MixtureError(f"{path}: cannot read the adapter ({e})") from None
     unsupported = {
         "peft_type": cfg.get("peft_type") not in (None, "LORA"),
         "use_dora": bool(cfg.get("use_dora")),
@@ -80,7 +85,7 @@ def read_peft_expert(path: str | Path, name: str | None = None) -> Expert:
     r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
     scaling = alpha / (r**0.5) if cfg.get("use_rslora") else alpha / r
     A, B = {}, {}
-    for key, tensor in load_file(str(weights_file)).items():
+    for key, tensor in tensors.items():
         if not key.startswith(PEFT_PREFIX):
             raise MixtureError(f"{weights_file}: unexpected tensor {key!r}")
         module, _, kind = key[len(PEFT_PREFIX) :].rpartition(".lora_")

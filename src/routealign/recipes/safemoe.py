@@ -28,7 +28,7 @@ from peft import get_peft_model
 from ..config import ConfigError, GateConfig, LoraConfig, ModelConfig, TrainConfig, from_dict, to_dict
 from ..data import DataConfig, load_sft, split_domains
 from ..data.collate import encode_all, ensure_chat_template, sft_collator
-from ..distributed import claimed
+from ..distributed import claimed, on_main
 from ..io import atomic_dir, atomic_write_json, recover_dir
 from ..losses import routing_regulariser
 from ..models.artifact import GATES, MANIFEST, save_gates, write_manifest
@@ -247,14 +247,28 @@ def _result_fields(cfg: SafeMoEConfig) -> dict:
 
 def finished_or_refused(out: Path, cfg: SafeMoEConfig) -> bool:
     """A folder resumes only the run it was started for: finished experts and checkpoints in it are
-    reused, a different config is refused. True when that run already finished (its artifact is
-    complete). Reads only; ``main`` writes, once it holds the folder."""
+    reused, a different config is refused while there is any of them. A run that failed before it
+    trained anything (its first step ran out of memory, say) leaves nothing to resume: the corrected
+    config takes the folder over. True when this run already finished (its artifact is complete).
+    Reads only; ``main`` writes, once it holds the folder."""
     path = out / "run_config.json"
     if not path.is_file():
         return False
     if _result_fields(from_dict(SafeMoEConfig, json.loads(path.read_text()))) != _result_fields(cfg):
-        raise ConfigError(f"{out}: holds a run with a different config ({path}); pick another output_dir or delete that folder")
+        if trained_anything(out):
+            raise ConfigError(f"{out}: holds a run with a different config ({path}); pick another output_dir or delete that folder")
+        log.info("%s: the run recorded there trained nothing; this config replaces it", out)
+        return False
     return (out / MANIFEST).is_file()
+
+
+def trained_anything(out: Path) -> bool:
+    """A finished expert, a checkpoint or an artifact: work that a different config must not mix with."""
+    return (
+        (out / MANIFEST).is_file()
+        or any(out.glob("experts/*/adapter_config.json"))
+        or any((out / "checkpoints").rglob("trainer_state.json"))
+    )
 
 
 def main(cfg: SafeMoEConfig, callbacks: Sequence[Callback] = ()) -> Path:
@@ -265,7 +279,9 @@ def main(cfg: SafeMoEConfig, callbacks: Sequence[Callback] = ()) -> Path:
         "process %d of %d on %s, mixed precision %s",
         accelerator.process_index + 1, accelerator.num_processes, accelerator.device, accelerator.mixed_precision,
     )
-    if finished_or_refused(out, cfg):  # before any loading: a finished run costs nothing
+    # Before any loading: a finished run costs nothing. Read on the main process, so that every
+    # process takes the same branch.
+    if on_main(accelerator, lambda: finished_or_refused(out, cfg)):
         log.info("%s already holds this run's finished artifact; nothing to train", out)
         return out
     prepared = prepare(cfg)
