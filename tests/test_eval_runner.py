@@ -87,7 +87,7 @@ def test_second_run_answers_from_the_cache(tmp_path, tiny_model_dir, eval_files,
     first = (tmp_path / "run" / "samples.jsonl").read_text()
     calls = []
     original = gen.HFBackend.generate
-    monkeypatch.setattr(gen.HFBackend, "generate", lambda self, p, s: calls.append(p) or original(self, p, s))
+    monkeypatch.setattr(gen.HFBackend, "generate", lambda self, p, s, **kw: calls.append(p) or original(self, p, s, **kw))
     run_eval(cfg)  # same settings: nothing to generate
     assert calls == []
     assert (tmp_path / "run" / "samples.jsonl").read_text().split('"date"')[0] == first.split('"date"')[0]
@@ -101,7 +101,7 @@ def test_retrained_weights_in_the_same_folder_are_answered_afresh(tmp_path, tiny
     run_eval(cfg)
     calls = []
     original = gen.HFBackend.generate
-    monkeypatch.setattr(gen.HFBackend, "generate", lambda self, p, s: calls.append(p) or original(self, p, s))
+    monkeypatch.setattr(gen.HFBackend, "generate", lambda self, p, s, **kw: calls.append(p) or original(self, p, s, **kw))
     tiny_llama(seed=1).save_pretrained(tiny_model_dir)  # same folder, same name, new weights
     run_eval(cfg)
     assert sum(len(c) for c in calls) == 3 * 2 + 2
@@ -127,7 +127,7 @@ def test_a_peft_adapter_is_fingerprinted_with_its_base(tmp_path, tiny_model_dir,
     assert run["fingerprint"]["adapter"]["local"]["files"] >= 2 and "peft" in run["fingerprint"]["versions"]
     calls = []
     original = gen.HFBackend.generate
-    monkeypatch.setattr(gen.HFBackend, "generate", lambda self, p, s: calls.append(p) or original(self, p, s))
+    monkeypatch.setattr(gen.HFBackend, "generate", lambda self, p, s, **kw: calls.append(p) or original(self, p, s, **kw))
     shutil.rmtree(expert_dirs[0])
     shutil.copytree(expert_dirs[1], expert_dirs[0])
     run_eval(cfg)  # the adapter was retrained into the same folder

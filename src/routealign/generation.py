@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -42,14 +42,16 @@ def generate(
     seed: int = 0,
     system: str | None = None,
     routing: bool = False,
+    on_batch: Callable[[list[Generation]], None] | None = None,
 ) -> list[Generation]:
     """Greedy by default; with ``do_sample`` the draws are seeded. Left padding, KV cache on.
 
-    A prompt is a user message, or a whole conversation as a list of chat messages.
+    A prompt is a user message, or a whole conversation as a list of chat messages. ``on_batch`` is
+    called with each batch's generations as it finishes (progress bars).
     """
     mixture: Mixture | None = getattr(model, "routealign_mixture", None)
     routing = routing and mixture is not None and mixture.state.mode == "gate"
-    results = []
+    results: list[Generation] = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
         batch = left_padded_prompts(tokenizer, chunk, system, device=model.device)
@@ -74,6 +76,8 @@ def generate(
                 names = route_names(mixture)
                 routes = [names[int(steps[t][i].argmax())] for t in range(len(ids))]
             results.append(Generation(prompt, tokenizer.decode(ids, skip_special_tokens=True).strip(), tokens, routes))
+        if on_batch is not None:
+            on_batch(results[start:])
     return results
 
 

@@ -16,7 +16,6 @@ appends to the cache and shows the progress bar (prompts, generated tokens per s
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -76,22 +75,16 @@ class HFBackend:
     def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings, progress: Progress | None = None) -> list[dict]:
         from ..generation import generate
 
-        answers = []
-        size = settings.batch_size
-        # One call per batch so that progress shows per batch; each is seeded ``seed + offset`` exactly as
-        # one call over all the prompts seeds its batches, so a sampled answer does not change.
-        for start in range(0, len(prompts), size):
-            gens = generate(
-                self.model, self.tokenizer, prompts[start : start + size], max_new_tokens=settings.max_new_tokens,
-                batch_size=size, do_sample=settings.do_sample, temperature=settings.temperature,
-                top_p=settings.top_p, seed=settings.seed + start, system=settings.system, routing=True,
-            )
-            # ``tokens``: one decoded piece per generated token, up to the end of sequence.
-            batch = [{"response": g.text, "routing": route_shares(g.routes), "tokens": len(g.tokens)} for g in gens]
-            answers += batch
-            if progress is not None:
-                progress(len(batch), sum(a["tokens"] for a in batch))
-        return answers
+        def report(batch) -> None:  # ``tokens``: one decoded piece per generated token, up to the end
+            progress(len(batch), sum(len(g.tokens) for g in batch))
+
+        gens = generate(
+            self.model, self.tokenizer, prompts, max_new_tokens=settings.max_new_tokens,
+            batch_size=settings.batch_size, do_sample=settings.do_sample, temperature=settings.temperature,
+            top_p=settings.top_p, seed=settings.seed, system=settings.system, routing=True,
+            on_batch=report if progress is not None else None,
+        )
+        return [{"response": g.text, "routing": route_shares(g.routes), "tokens": len(g.tokens)} for g in gens]
 
 
 def route_shares(routes: list[str] | None) -> dict[str, float] | None:
@@ -211,14 +204,12 @@ def generate_all(backend, prompts: Sequence[Prompt], settings: GenerationSetting
         if len(missing) < len(set(keys)):
             log.info("%s: %d of %d answers from the cache", progress, len(set(keys)) - len(missing), len(set(keys)))
         bar = _Progress(progress, len(missing), state.num_processes) if missing else None
-    # A backend of the older protocol, generate(prompts, settings), is only reported per chunk.
-    reports = bar is not None and "progress" in inspect.signature(backend.generate).parameters
     try:
         for start in range(0, len(missing), step):
             chunk = missing[start : start + step]
             with state.split_between_processes(chunk) as mine:
-                kwargs = {"progress": bar.batch} if reports else {}
-                answers = backend.generate([by_key[k] for k in mine], settings, **kwargs) if mine else []
+                report = bar.batch if bar is not None else None
+                answers = backend.generate([by_key[k] for k in mine], settings, progress=report) if mine else []
                 records = [{"key": k, **a} for k, a in zip(mine, answers, strict=True)]
             if state.num_processes > 1:
                 records = gather_object(records)
