@@ -404,8 +404,14 @@ def run_eval(cfg: EvalConfig) -> Path:
     plan = plan_eval(cfg)  # every name, path, column and option, before anything is loaded or claimed
     out = Path(cfg.output_dir)
     state = process_state()
-    with claimed(out, "evaluation", state, lambda: _remove_stale_outputs(out)):
-        return _run(cfg, plan, out, state)
+    try:
+        with claimed(out, "evaluation", state, lambda: _remove_stale_outputs(out)):
+            return _run(cfg, plan, out, state)
+    finally:
+        # The other processes stop after generating, while the main one judges. Each leaves the process
+        # group itself: a gloo group torn down only at interpreter exit can abort the process.
+        if state.num_processes > 1:
+            state.destroy_process_group()
 
 
 def _run(cfg: EvalConfig, plan: Plan, out: Path, state) -> Path:

@@ -279,6 +279,13 @@ def main(cfg: SafeMoEConfig, callbacks: Sequence[Callback] = ()) -> Path:
         "process %d of %d on %s, mixed precision %s",
         accelerator.process_index + 1, accelerator.num_processes, accelerator.device, accelerator.mixed_precision,
     )
+    try:
+        return _run(cfg, accelerator, out, callbacks)
+    finally:
+        accelerator.end_training()  # every way out leaves the process group (one torn down at exit can abort)
+
+
+def _run(cfg: SafeMoEConfig, accelerator: Accelerator, out: Path, callbacks: Sequence[Callback]) -> Path:
     # Before any loading: a finished run costs nothing. Read on the main process, so that every
     # process takes the same branch.
     if on_main(accelerator, lambda: finished_or_refused(out, cfg)):
@@ -304,5 +311,4 @@ def main(cfg: SafeMoEConfig, callbacks: Sequence[Callback] = ()) -> Path:
             log.info("artifact written to %s", out)
         accelerator.wait_for_everyone()
         clear_checkpoint(accelerator, stage)
-    accelerator.end_training()
     return out
