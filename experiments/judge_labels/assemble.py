@@ -7,8 +7,9 @@ hash, and writes one `labelled` JSONL per set that `routealign judge fit` / `mea
 
     python experiments/judge_labels/assemble.py --shared ../shared/data --out runs/judge-labels
 
-Sets (GUIDE.md, "Split"): fit.jsonl (SmolLM2 answers to the fit prompts), test-small.jsonl (the SafeMoE
-experiment's five models), test-big.jsonl (JailbreakBench artifacts of Llama-2-7b-chat and GPT-4).
+Sets (GUIDE.md, "Split"): fit.jsonl (SmolLM2 answers to the fit prompts), fit-big.jsonl (JailbreakBench
+artifacts of Vicuna-13B and GPT-3.5), test-small.jsonl (the SafeMoE experiment's five models),
+test-big.jsonl (JailbreakBench artifacts of Llama-2-7b-chat and GPT-4).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 JBB = "unsafe_responses/jailbreakbench_artifacts/attack-artifacts"
-SETS = {"fit": "smollm2-fit.jsonl", "test-small": "experiment-test.jsonl", "test-big": "jbb-test.jsonl"}
+SETS = {"fit": "smollm2-fit.jsonl", "fit-big": "jbb-fit.jsonl", "test-small": "experiment-test.jsonl", "test-big": "jbb-test.jsonl"}
 
 
 def sha(text: str) -> str:
