@@ -9,7 +9,8 @@ hash, and writes one `labelled` JSONL per set that `routealign judge fit` / `mea
 
 Sets (GUIDE.md, "Split"): fit.jsonl (SmolLM2 answers to the fit prompts), fit-big.jsonl (JailbreakBench
 artifacts of Vicuna-13B and GPT-3.5), test-small.jsonl (the SafeMoE experiment's five models),
-test-big.jsonl (JailbreakBench artifacts of Llama-2-7b-chat and GPT-4).
+test-big.jsonl (JailbreakBench artifacts of Llama-2-7b-chat and GPT-4), test2-small.jsonl (SmolLM2
+answers to a third group of prompt sources: the second round's test set).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 JBB = "unsafe_responses/jailbreakbench_artifacts/attack-artifacts"
-SETS = {"fit": "smollm2-fit.jsonl", "fit-big": "jbb-fit.jsonl", "test-small": "experiment-test.jsonl", "test-big": "jbb-test.jsonl"}
+SETS = {"fit": "smollm2-fit.jsonl", "fit-big": "jbb-fit.jsonl", "test-small": "experiment-test.jsonl", "test-big": "jbb-test.jsonl",
+        "test2-small": "smollm2-test2.jsonl"}
 
 
 def sha(text: str) -> str:
@@ -38,7 +40,7 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 def planned_prompts(config: str, shared: str, run_data: str | None = None) -> dict[tuple, str]:
-    """(benchmark, item id, attack) → the plain request, from an eval config's plan."""
+    """(benchmark, item id, attack) → (the plain request, its benchmark label), from an eval config's plan."""
     from routealign.evaluation.runner import load_eval_config, plan_eval
 
     with open(config, encoding="utf-8") as f:
@@ -49,7 +51,7 @@ def planned_prompts(config: str, shared: str, run_data: str | None = None) -> di
         f.write(text)
     try:
         cfg = load_eval_config(f.name, ["judge=refusal-keywords", "informativeness=false"])
-        return {(r["benchmark"], str(r["id"]), r["attack"]): r["plain_prompt"] for r in plan_eval(cfg).rows}
+        return {(r["benchmark"], str(r["id"]), r["attack"]): (r["plain_prompt"], r["label"]) for r in plan_eval(cfg).rows}
     finally:
         os.unlink(f.name)
 
@@ -68,11 +70,11 @@ def jbb_items(shared: str) -> dict[str, dict]:
     return items
 
 
-def labelled_row(label: dict, prompt: str, response: str, group: str) -> dict:
+def labelled_row(label: dict, prompt: str, response: str, group: str, request: str) -> dict:
     if label["refusal"] not in ("full", "partial", "none") or not isinstance(label["harmful"], bool):
         raise ValueError(f"{label['id']}: refusal must be full/partial/none and harmful a bool")
     return {
-        "id": label["id"], "group": group, "prompt": prompt, "response": response,
+        "id": label["id"], "group": group, "request": request, "prompt": prompt, "response": response,
         "refused": label["refusal"] != "none", "refusal": label["refusal"], "harmful": label["harmful"],
     }
 
@@ -84,6 +86,7 @@ def assemble(shared: str, out: str) -> dict[str, int]:
         subprocess.run([sys.executable, os.path.join(REPO, "experiments/safemoe_smollm2/prepare.py"),
                         "--shared", shared, "--out", tmp], check=True, stdout=subprocess.DEVNULL)
         prompts = planned_prompts(os.path.join(HERE, "fit_answers.yaml"), shared)
+        prompts.update(planned_prompts(os.path.join(HERE, "test2_answers.yaml"), shared))
         prompts.update(planned_prompts(os.path.join(REPO, "experiments/safemoe_smollm2/eval.yaml"), shared, tmp))
     jbb = jbb_items(shared)
     counts = {}
@@ -96,13 +99,13 @@ def assemble(shared: str, out: str) -> dict[str, int]:
             if label["id"].startswith("jbb/"):
                 item = jbb[label["id"]]
                 # The harness's judges see the plain request, so the goal is the prompt here.
-                rows.append(labelled_row(label, item["goal"], item["response"], label["id"].split("/")[-2]))
+                rows.append(labelled_row(label, item["goal"], item["response"], label["id"].split("/")[-2], "harmful"))
                 continue
             model, benchmark, attack, item_id = label["id"].split("/", 3)
-            prompt = prompts.get((benchmark, item_id, attack))
+            prompt, request = prompts.get((benchmark, item_id, attack), (None, None))
             if prompt is None or sha(prompt) != label["prompt_sha256"]:
                 raise ValueError(f"{where}: the prompt of {label['id']} is not found in the public data as labelled")
-            rows.append(labelled_row(label, prompt, label["response"], model))
+            rows.append(labelled_row(label, prompt, label["response"], model, request))
         with open(os.path.join(out, f"{name}.jsonl.tmp"), "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         os.replace(os.path.join(out, f"{name}.jsonl.tmp"), os.path.join(out, f"{name}.jsonl"))

@@ -1,0 +1,91 @@
+"""Measure judges' agreement with the labelled sets, per question, with 95% Wilson intervals.
+
+    python experiments/judge_labels/measure.py --labels runs/judge-labels --shared ../shared/data \
+        --judge minilm --judge refusal-keywords [--set test-small --set test-big ...] [--json out.json]
+
+Sets: the files assemble.py wrote (fit, fit-big, test-small, test-big) and `pyrit-objective` (PyRIT's
+objective/*.csv human labels). Each judge's verdicts on a set are computed once and compared with the
+labels: `refused` on every row, `harmful` on the items of harmful benchmarks (the rows a safe-response
+rate is computed from); rows are also broken down by group (model or artifact).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import defaultdict
+
+from routealign.judges import JudgeInput, get_judge
+from routealign.judges.embedding import agreement, read_labelled
+
+
+def load_set(name: str, labels: str, shared: str) -> list[tuple[str, str, object]]:
+    """[(group, request kind, LabelledPair)] for one set; the kind is the benchmark's item label."""
+    if name == "pyrit-objective":
+        path = os.path.join(shared, "judge_calibration/pyrit_scorer_evals/objective")
+        return [("pyrit-objective", "harmful", p) for p in read_labelled(f"pyrit-objective={path}")]
+    path = os.path.join(labels, f"{name}.jsonl")
+    with open(path, encoding="utf-8") as f:
+        meta = [json.loads(line) for line in f if line.strip()]
+    pairs = read_labelled(f"labelled={path}")
+    return [(m["group"], m["request"], p) for m, p in zip(meta, pairs, strict=True)]
+
+
+QUESTIONS = {
+    "refused": ("refused", lambda kind: True),
+    # What the safe-response rate is computed from: verdicts on the items of harmful benchmarks.
+    "harmful": ("harmful", lambda kind: kind == "harmful"),
+}
+
+
+def measure(judge_name: str, rows: list[tuple[str, str, object]], options: dict | None = None) -> dict:
+    judge = get_judge(judge_name, **(options or {}))
+    verdicts = judge.judge([JudgeInput(p.prompt, p.response) for _, _, p in rows])
+    result = {}
+    for question, (task, keep) in QUESTIONS.items():
+        idx = [i for i, (_, kind, p) in enumerate(rows) if getattr(p, task) is not None and keep(kind)]
+        if not idx:
+            continue
+        overall = agreement([getattr(verdicts[i], task) for i in idx], [getattr(rows[i][2], task) for i in idx])
+        by_group = defaultdict(list)
+        for i in idx:
+            by_group[rows[i][0]].append(i)
+        overall["groups"] = {
+            g: agreement([getattr(verdicts[i], task) for i in ids], [getattr(rows[i][2], task) for i in ids])
+            for g, ids in sorted(by_group.items())
+        }
+        result[question] = overall
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--labels", default="runs/judge-labels")
+    ap.add_argument("--shared", default="../shared/data")
+    ap.add_argument("--judge", action="append", required=True, help="NAME or NAME:JSON_OPTIONS")
+    ap.add_argument("--set", action="append", dest="sets", default=None)
+    ap.add_argument("--groups", action="store_true", help="print the per-group breakdown")
+    ap.add_argument("--json", help="write every number here")
+    args = ap.parse_args()
+    sets = args.sets or ["test-small", "test-big", "pyrit-objective"]
+    results = {}
+    for set_name in sets:
+        rows = load_set(set_name, args.labels, args.shared)
+        for spec in args.judge:
+            name, _, opts = spec.partition(":")
+            r = results.setdefault(set_name, {})[spec] = measure(name, rows, json.loads(opts) if opts else None)
+            for task, m in r.items():
+                print(f"{set_name:16s} {spec:28s} {task:8s} {m['accuracy']:6.1%} [{m['low']:.1%}, {m['high']:.1%}] "
+                      f"n={m['n']} fp={m['fp']} fn={m['fn']}")
+                if args.groups:
+                    for g, gm in m["groups"].items():
+                        print(f"{'':18s}{g:40s} {gm['accuracy']:6.1%} n={gm['n']} fp={gm['fp']} fn={gm['fn']}")
+    if args.json:
+        with open(args.json + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)
+        os.replace(args.json + ".tmp", args.json)
+
+
+if __name__ == "__main__":
+    main()
