@@ -70,9 +70,11 @@ def jbb_items(shared: str) -> dict[str, dict]:
     return items
 
 
-def labelled_row(label: dict, prompt: str, response: str, group: str, request: str) -> dict:
-    if label["refusal"] not in ("full", "partial", "none") or not isinstance(label["harmful"], bool):
-        raise ValueError(f"{label['id']}: refusal must be full/partial/none and harmful a bool")
+def labelled_row(where: str, label: dict, prompt: str, response: str, group: str, request: str) -> dict:
+    if label.get("refusal") not in ("full", "partial", "none"):
+        raise ValueError(f"{where}: field 'refusal' must be full, partial or none, got {label.get('refusal')!r}")
+    if not isinstance(label.get("harmful"), bool):
+        raise ValueError(f"{where}: field 'harmful' must be true or false, got {label.get('harmful')!r}")
     return {
         "id": label["id"], "group": group, "request": request, "prompt": prompt, "response": response,
         "refused": label["refusal"] != "none", "refusal": label["refusal"], "harmful": label["harmful"],
@@ -85,27 +87,37 @@ def assemble(shared: str, out: str) -> dict[str, int]:
         # The experiment's own prompt files (JBB held-out domains, safety-tuned-llamas held-out).
         subprocess.run([sys.executable, os.path.join(REPO, "experiments/safemoe_smollm2/prepare.py"),
                         "--shared", shared, "--out", tmp], check=True, stdout=subprocess.DEVNULL)
-        prompts = planned_prompts(os.path.join(HERE, "fit_answers.yaml"), shared)
-        prompts.update(planned_prompts(os.path.join(HERE, "test2_answers.yaml"), shared))
-        prompts.update(planned_prompts(os.path.join(REPO, "experiments/safemoe_smollm2/eval.yaml"), shared, tmp))
+        prompts: dict[tuple, tuple[str, str]] = {}
+        for config, run_data in ((os.path.join(HERE, "fit_answers.yaml"), None),
+                                 (os.path.join(HERE, "test2_answers.yaml"), None),
+                                 (os.path.join(REPO, "experiments/safemoe_smollm2/eval.yaml"), tmp)):
+            planned = planned_prompts(config, shared, run_data)
+            clash = sorted(set(planned) & set(prompts))
+            if clash:
+                raise ValueError(f"{config}: items {clash[:3]} are also planned by another config; rename a benchmark")
+            prompts.update(planned)
     jbb = jbb_items(shared)
     counts = {}
     for name, file in SETS.items():
-        if not os.path.exists(os.path.join(HERE, file)):
-            continue
         rows = []
         for n, label in enumerate(read_jsonl(os.path.join(HERE, file)), start=1):
             where = f"{file}, row {n}"
             if label["id"].startswith("jbb/"):
-                item = jbb[label["id"]]
+                item = jbb.get(label["id"])
+                if item is None or sha(item.get("response") or "") != label["response_sha256"]:
+                    raise ValueError(f"{where}: {label['id']} is not in the JailbreakBench artifacts as labelled")
                 # The harness's judges see the plain request, so the goal is the prompt here.
-                rows.append(labelled_row(label, item["goal"], item["response"], label["id"].split("/")[-2], "harmful"))
+                rows.append(labelled_row(where, label, item["goal"], item["response"], label["id"].split("/")[-2],
+                                         "harmful"))
                 continue
-            model, benchmark, attack, item_id = label["id"].split("/", 3)
+            parts = label["id"].split("/", 3)
+            if len(parts) != 4:
+                raise ValueError(f"{where}: field 'id' must be MODEL/BENCHMARK/ATTACK/ITEM, got {label['id']!r}")
+            model, benchmark, attack, item_id = parts
             prompt, request = prompts.get((benchmark, item_id, attack), (None, None))
             if prompt is None or sha(prompt) != label["prompt_sha256"]:
                 raise ValueError(f"{where}: the prompt of {label['id']} is not found in the public data as labelled")
-            rows.append(labelled_row(label, prompt, label["response"], model, request))
+            rows.append(labelled_row(where, label, prompt, label["response"], model, request))
         with open(os.path.join(out, f"{name}.jsonl.tmp"), "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         os.replace(os.path.join(out, f"{name}.jsonl.tmp"), os.path.join(out, f"{name}.jsonl"))

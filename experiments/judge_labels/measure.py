@@ -3,7 +3,8 @@
     python experiments/judge_labels/measure.py --labels runs/judge-labels --shared ../shared/data \
         --judge minilm --judge refusal-keywords [--set test-small --set test-big ...] [--json out.json]
 
-Sets: the files assemble.py wrote (fit, fit-big, test-small, test-big) and `pyrit-objective` (PyRIT's
+Sets: the files assemble.py wrote (fit, fit-big, test-small, test-big, test2-small; by default the sets
+the shipped head was never fitted on: test2-small, test-big) and `pyrit-objective` (PyRIT's
 objective/*.csv human labels). Each judge's verdicts on a set are computed once and compared with the
 labels: `refused` on every row, `harmful` on the items of harmful benchmarks (the rows a safe-response
 rate is computed from); rows are also broken down by group (model or artifact).
@@ -59,16 +60,44 @@ def measure(judge_name: str, rows: list[tuple[str, str, object]], options: dict 
     return result
 
 
+def labeller_agreement(second: str) -> dict:
+    """Agreement of a second, independent labelling pass with the first, per first-pass label file."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    first = {}
+    for name in ("smollm2-fit.jsonl", "jbb-fit.jsonl", "experiment-test.jsonl", "jbb-test.jsonl", "smollm2-test2.jsonl"):
+        with open(os.path.join(here, name), encoding="utf-8") as f:
+            first.update({row["id"]: (name, row) for row in map(json.loads, f)})
+    by_file = defaultdict(list)
+    with open(second, encoding="utf-8") as f:
+        for n, row in enumerate(map(json.loads, f), start=1):
+            if row["id"] not in first:
+                raise ValueError(f"{second}, row {n}: {row['id']!r} has no first label")
+            name, one = first[row["id"]]
+            by_file[name].append((one, row))
+    return {
+        name: {
+            "refused": agreement([b["refusal"] != "none" for _, b in pairs], [a["refusal"] != "none" for a, _ in pairs]),
+            "harmful": agreement([b["harmful"] for _, b in pairs], [a["harmful"] for a, _ in pairs]),
+        }
+        for name, pairs in sorted(by_file.items())
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--labels", default="runs/judge-labels")
     ap.add_argument("--shared", default="../shared/data")
-    ap.add_argument("--judge", action="append", required=True, help="NAME or NAME:JSON_OPTIONS")
+    ap.add_argument("--judge", action="append", default=[], help="NAME or NAME:JSON_OPTIONS")
     ap.add_argument("--set", action="append", dest="sets", default=None)
     ap.add_argument("--groups", action="store_true", help="print the per-group breakdown")
     ap.add_argument("--json", help="write every number here")
+    ap.add_argument("--second-pass", help="a second labelling pass (second-pass.jsonl): print its agreement with the first")
     args = ap.parse_args()
-    sets = args.sets or ["test-small", "test-big", "pyrit-objective"]
+    if args.second_pass:
+        for name, r in labeller_agreement(args.second_pass).items():
+            for task, m in r.items():
+                print(f"labellers {name:24s} {task:8s} {m['accuracy']:6.1%} [{m['low']:.1%}, {m['high']:.1%}] n={m['n']}")
+    sets = args.sets or ["test2-small", "test-big", "pyrit-objective"]
     results = {}
     for set_name in sets:
         rows = load_set(set_name, args.labels, args.shared)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import json
 import logging
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -131,6 +132,13 @@ class EvalConfig:
     informativeness: bool = True
     """Where a benchmark item carries a reference answer, score informativeness as the cosine similarity
     of the answer and the reference (all-MiniLM-L6-v2 embeddings), counted only for non-refusals."""
+    answers_from: str | None = None
+    """An earlier ``routealign eval`` output folder whose answers to judge instead of generating (no model
+    is loaded, and ``model`` is not read; judges run on this machine's GPU if it has one, else the CPU):
+    to re-judge a run with another judge, or to judge answers generated on another machine. Every
+    safety item of this config must be among its samples (same benchmark, item id, attack and prompt);
+    the capability benchmarks listed here are copied from its samples, if they ran with the same
+    settings. The summary records the folder, that run's config and its model fingerprint."""
     seed: int = 0
     """Seeds subsampling and bootstrap resampling."""
     bootstrap_resamples: int = 1000
@@ -146,6 +154,8 @@ class EvalConfig:
             raise ConfigError("api: cannot be combined with artifact or adapter")
         if self.artifact and self.adapter:
             raise ConfigError("artifact, adapter: give at most one")
+        if self.answers_from and (self.api is not None or self.artifact or self.adapter):
+            raise ConfigError("answers_from: judges answers generated earlier; drop api, artifact and adapter")
         if self.api is not None and (not self.api.base_url or not self.api.model):
             raise ConfigError("api.base_url and api.model: both must be set")
         from .metrics import UNPARSEABLE_POLICIES
@@ -175,6 +185,18 @@ class Plan:
     """The judge, already built when it holds no weights (no ``device`` option): its files are read in
     the plan. A judge with weights is built after generation, so that it never shares memory with the
     evaluated model."""
+    earlier: EarlierRun | None = None
+    """With ``answers_from``: the earlier run's answers, matched to ``rows``, and its capability rows."""
+
+
+@dataclass
+class EarlierRun:
+    folder: str
+    answers: list[dict]
+    """``{"response", "routing"}`` per planned row, in plan order."""
+    capability_rows: list[dict]
+    run: dict
+    """The earlier summary's ``run`` block (model, fingerprint, ...)."""
 
 
 def plan_eval(cfg: EvalConfig) -> Plan:
@@ -187,7 +209,8 @@ def plan_eval(cfg: EvalConfig) -> Plan:
 
     parameters = check_judge(cfg.judge, cfg.judge_options)
     judge = _light_judge(cfg, parameters)
-    _check_model_paths(cfg)
+    if not cfg.answers_from:  # judging earlier answers loads no model
+        _check_model_paths(cfg)
     rows: list[dict] = []
     capability: list[tuple[BenchmarkEntry, dict]] = []
     for i, entry in enumerate(cfg.benchmarks):
@@ -196,11 +219,76 @@ def plan_eval(cfg: EvalConfig) -> Plan:
         if kind == "capability":
             if cfg.api is not None:
                 raise ConfigError(f"{key}: {entry.name} needs model weights (log-likelihoods), not an API")
-            capability.append((entry, _capability_options(cfg, entry, key)))
+            # Earlier answers: the results are copied (checked in _earlier_run), nothing is read here.
+            capability.append((entry, {} if cfg.answers_from else _capability_options(cfg, entry, key)))
         else:
             rows += _safety_rows_planned(cfg, entry, kind, key)
     _check_services(cfg, judge, references=any(r["_reference"] for r in rows))
-    return Plan(rows, capability, parameters, judge)
+    earlier = _earlier_run(cfg.answers_from, rows, capability) if cfg.answers_from else None
+    return Plan(rows, capability, parameters, judge, earlier)
+
+
+def _earlier_run(folder: str, rows: list[dict], capability: list[tuple[BenchmarkEntry, dict]]) -> EarlierRun:
+    """The answers of an earlier eval folder for every planned row, or a DataError naming what is missing."""
+    from .metrics import SAMPLES, SUMMARY
+
+    samples, summary = Path(folder) / SAMPLES, Path(folder) / SUMMARY
+    for path in (samples, summary):
+        if not path.is_file():
+            raise ConfigError(f"answers_from: {path} is missing (give a routealign eval output folder)")
+    found: dict[tuple, dict] = {}
+    by_benchmark: dict[str, list[dict]] = {}
+    with open(samples, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                by_benchmark.setdefault(row["benchmark"], []).append(row)
+                key = None if row["kind"] == "capability" else (row["benchmark"], str(row["id"]), row["attack"])
+                if key is not None and not isinstance(row["response"], str):
+                    raise TypeError("field 'response' must be a string")
+            except (ValueError, KeyError, TypeError) as e:
+                raise DataError(f"{samples}, line {n}: not a routealign sample row ({e})") from None
+            if key in found:
+                raise DataError(f"{samples}, line {n}: benchmark {key[0]!r}, item {key[1]!r}, attack {key[2]!r} "
+                                "appears twice")
+            if key is not None:
+                found[key] = row
+    answers = []
+    for row in rows:
+        key = (row["benchmark"], str(row["id"]), row["attack"])
+        earlier = found.get(key)
+        if earlier is None:
+            raise DataError(f"answers_from: {samples} has no answer for benchmark {key[0]!r}, item {key[1]!r}, "
+                            f"attack {key[2]!r}")
+        if earlier.get("prompt") != row["prompt"]:
+            raise DataError(f"answers_from: {samples}: benchmark {key[0]!r}, item {key[1]!r}, attack {key[2]!r} "
+                            "was asked a different prompt there")
+        answers.append({"response": earlier["response"], "routing": earlier.get("routing")})
+    try:
+        with open(summary, encoding="utf-8") as f:
+            run = json.load(f)["run"]
+        earlier_entries = {b.get("name_as") or b["name"]: b for b in run.get("config", {}).get("benchmarks", [])}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise DataError(f"answers_from: {summary}: not a routealign summary ({e})") from None
+    capability_rows = []
+    for entry, _ in capability:
+        name = entry.name_as or entry.name
+        if name not in by_benchmark:
+            raise DataError(f"answers_from: {samples} has no {name!r} results to copy")
+        # The results are copied only if they answer the same question; the data's path may differ
+        # between machines.
+        ours = {k: v for k, v in asdict(entry).items() if k != "path"}
+        # Fields a run of an older routealign did not record had their defaults.
+        recorded = {**asdict(BenchmarkEntry(name=entry.name)), **earlier_entries.get(name, {})}
+        theirs = {k: v for k, v in recorded.items() if k != "path"}
+        if ours != theirs:
+            changed = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+            raise ConfigError(f"answers_from: {name!r} was run with other settings there ({', '.join(changed)}); "
+                              "give it the same settings or leave it out")
+        capability_rows += by_benchmark[name]
+    return EarlierRun(str(folder), answers, capability_rows, run)
 
 
 def _light_judge(cfg: EvalConfig, parameters: set[str] | None):
@@ -422,24 +510,41 @@ def _run(cfg: EvalConfig, plan: Plan, out: Path, state) -> Path:
 
     if state.is_main_process:
         atomic_write_text(out / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
-    backend, model_id, model_kind, fingerprint = _backend(cfg, state)
-    answers = []
-    if plan.rows:
-        cache = GenerationCache(out / "generations.jsonl")
-        prompts = [r["_messages"] or r["prompt"] for r in plan.rows]
-        answers = generate_all(backend, prompts, cfg.generation, cache, progress="generating")
-    if not state.is_main_process:
-        return out  # judging, informativeness and capability run once, on the main process
-    device = _eval_device(backend, state)
+    if plan.earlier is not None:
+        if not state.is_main_process:
+            return out  # nothing to generate: the main process judges
+        earlier = plan.earlier
+        model_id, model_kind = earlier.run.get("model", ""), earlier.run.get("model_kind", "")
+        fingerprint, answers = earlier.run.get("fingerprint"), earlier.answers
+        from ..models.loading import pick_device
+
+        # The answers may come from a GPU machine: the judge runs on whatever is here.
+        device = str(pick_device("auto"))
+    else:
+        backend, model_id, model_kind, fingerprint = _backend(cfg, state)
+        answers = []
+        if plan.rows:
+            cache = GenerationCache(out / "generations.jsonl")
+            prompts = [r["_messages"] or r["prompt"] for r in plan.rows]
+            answers = generate_all(backend, prompts, cfg.generation, cache, progress="generating")
+        if not state.is_main_process:
+            return out  # judging, informativeness and capability run once, on the main process
+        device = _eval_device(backend, state)
     rows = _judged_rows(cfg, plan, answers, device) if plan.rows else []
-    for entry, options in plan.capability:
-        rows += _capability_rows(entry, options, backend)
+    if plan.earlier is not None:
+        rows += plan.earlier.capability_rows
+    else:
+        for entry, options in plan.capability:
+            rows += _capability_rows(entry, options, backend)
     run = {
         "name": cfg.name or out.name, "model": model_id, "model_kind": model_kind, "judge": cfg.judge,
         "fingerprint": fingerprint,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "routealign_version": __version__, "seed": cfg.seed, "config": asdict(cfg),
     }
+    if plan.earlier is not None:
+        run["answers_from"] = {"folder": plan.earlier.folder, "date": plan.earlier.run.get("date"),
+                               "judge": plan.earlier.run.get("judge"), "config": plan.earlier.run.get("config")}
     atomic_write_text(out / SAMPLES, "".join(_json_line(r) for r in rows))
     summary = summarize(rows, run, n_resamples=cfg.bootstrap_resamples, seed=cfg.seed, unparseable=cfg.unparseable)
     write_summary(out, summary)
@@ -564,8 +669,6 @@ def _capability_rows(entry: BenchmarkEntry, options: dict, backend) -> list[dict
 
 
 def _json_line(row: dict) -> str:
-    import json
-
     return json.dumps(row, ensure_ascii=False) + "\n"
 
 
