@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 from routealign.io import FolderBusyError, atomic_dir, atomic_write_text, folder_lock, remove_stale_temps
 
@@ -21,10 +22,16 @@ def umask_022():
 
 
 def test_written_folders_and_files_get_ordinary_modes(tmp_path, umask_022):
+    from safetensors.torch import save_file
+
     with atomic_dir(tmp_path / "model") as tmp:
         (tmp / "w.bin").write_bytes(b"x")
+        save_file({"w": torch.zeros(2)}, str(tmp / "w.safetensors"))  # written through a private temp file
+        os.chmod(tmp / "w.bin", 0o600)
     atomic_write_text(tmp_path / "a.json", "{}")
     assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o755  # not mkdtemp's 0700
+    for name in ("w.bin", "w.safetensors"):
+        assert stat.S_IMODE((tmp_path / "model" / name).stat().st_mode) == 0o644  # not 0600
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644  # not mkstemp's 0600
 
 
