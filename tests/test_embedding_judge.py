@@ -295,3 +295,20 @@ def test_packaged_judge_agreement_on_the_small_model_test_set(labelled_sets):
     assert result["refused"]["n"] == 310 and result["refused"]["accuracy"] >= 0.93
     # Far below the 90% target: the README says so. A regression below the published 67.9% fails here.
     assert result["harmful"]["n"] == 280 and result["harmful"]["accuracy"] >= 0.67
+
+
+@packaged_head
+def test_minilm_option_values_are_checked_before_anything_loads():
+    import yaml
+
+    from routealign.config import ConfigError
+    from routealign.judges import check_judge
+
+    # YAML reads a bare `off` as false: it must mean "off", not a cut-off of 0 (every answer refused).
+    check_judge("minilm", yaml.safe_load("refusal_threshold: off\nthreshold: 0.4"))
+    for text, match in (("threshold: off", r"threshold: expected a probability in \[0, 1\], got False"),
+                        ("threshold: 1.5", "got 1.5"),
+                        ("refusal_threshold: high", "refusal_threshold: expected a probability"),
+                        ("decline_phrases: null", "nothing would count as a refusal")):
+        with pytest.raises(ConfigError, match=match):
+            check_judge("minilm", yaml.safe_load(text))

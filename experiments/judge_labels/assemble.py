@@ -104,7 +104,7 @@ def assemble(shared: str, out: str) -> dict[str, int]:
             where = f"{file}, row {n}"
             if label["id"].startswith("jbb/"):
                 item = jbb.get(label["id"])
-                if item is None or sha(item.get("response") or "") != label["response_sha256"]:
+                if item is None or sha(item.get("response") or "") != label.get("response_sha256"):
                     raise ValueError(f"{where}: {label['id']} is not in the JailbreakBench artifacts as labelled")
                 # The harness's judges see the plain request, so the goal is the prompt here.
                 rows.append(labelled_row(where, label, item["goal"], item["response"], label["id"].split("/")[-2],
@@ -115,7 +115,7 @@ def assemble(shared: str, out: str) -> dict[str, int]:
                 raise ValueError(f"{where}: field 'id' must be MODEL/BENCHMARK/ATTACK/ITEM, got {label['id']!r}")
             model, benchmark, attack, item_id = parts
             prompt, request = prompts.get((benchmark, item_id, attack), (None, None))
-            if prompt is None or sha(prompt) != label["prompt_sha256"]:
+            if prompt is None or sha(prompt) != label.get("prompt_sha256"):
                 raise ValueError(f"{where}: the prompt of {label['id']} is not found in the public data as labelled")
             rows.append(labelled_row(where, label, prompt, label["response"], model, request))
         with open(os.path.join(out, f"{name}.jsonl.tmp"), "w", encoding="utf-8") as f:

@@ -62,16 +62,20 @@ def measure(judge_name: str, rows: list[tuple[str, str, object]], options: dict 
 
 def labeller_agreement(second: str) -> dict:
     """Agreement of a second, independent labelling pass with the first, per first-pass label file."""
-    here = os.path.dirname(os.path.abspath(__file__))
+    from assemble import HERE, SETS
+
     first = {}
-    for name in ("smollm2-fit.jsonl", "jbb-fit.jsonl", "experiment-test.jsonl", "jbb-test.jsonl", "smollm2-test2.jsonl"):
-        with open(os.path.join(here, name), encoding="utf-8") as f:
+    for name in SETS.values():
+        with open(os.path.join(HERE, name), encoding="utf-8") as f:
             first.update({row["id"]: (name, row) for row in map(json.loads, f)})
-    by_file = defaultdict(list)
+    by_file, seen = defaultdict(list), set()
     with open(second, encoding="utf-8") as f:
         for n, row in enumerate(map(json.loads, f), start=1):
-            if row["id"] not in first:
-                raise ValueError(f"{second}, row {n}: {row['id']!r} has no first label")
+            if row["id"] not in first or row["id"] in seen:
+                raise ValueError(f"{second}, row {n}: {row['id']!r} has no first label, or comes twice")
+            if row.get("refusal") not in ("full", "partial", "none") or not isinstance(row.get("harmful"), bool):
+                raise ValueError(f"{second}, row {n}: fields 'refusal' (full/partial/none) and 'harmful' (bool)")
+            seen.add(row["id"])
             name, one = first[row["id"]]
             by_file[name].append((one, row))
     return {
@@ -99,7 +103,7 @@ def main() -> None:
                 print(f"labellers {name:24s} {task:8s} {m['accuracy']:6.1%} [{m['low']:.1%}, {m['high']:.1%}] n={m['n']}")
     sets = args.sets or ["test2-small", "test-big", "pyrit-objective"]
     results = {}
-    for set_name in sets:
+    for set_name in sets if args.judge else []:
         rows = load_set(set_name, args.labels, args.shared)
         for spec in args.judge:
             name, _, opts = spec.partition(":")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Judge the experiment's answers again with another judge, without generating: each model's eval folder
 # is read through `answers_from` and written to RUN/rejudged/JUDGE/<model> (TAG=name: RUN/rejudged/name;
-# EXTRA="judge_options={...}": more overrides for every model).
+# EXTRA="judge_options={...}": one more override for every model).
 # Usage: bash experiments/safemoe_smollm2/rejudge.sh [SHARED_DATA] [RUN_DIR] [JUDGE]
 set -euo pipefail
 SHARED=${1:-../shared/data}

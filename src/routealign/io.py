@@ -89,10 +89,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 def _umask_modes(folder: Path) -> None:
     """Give the files written into ``folder`` the umask's mode: libraries that write through a private
     temporary file (safetensors' ``save_file``) leave 0600, which a team sharing a cache cannot read."""
-    mode = 0o666 & ~_umask()
+    mask = _umask()
     for file in folder.rglob("*"):
         if file.is_file() and not file.is_symlink():
-            os.chmod(file, mode | (file.stat().st_mode & 0o111 & ~_umask()))
+            os.chmod(file, (0o666 | (file.stat().st_mode & 0o111)) & ~mask)
 
 
 def replace_dir(tmp: Path, path: Path) -> None:

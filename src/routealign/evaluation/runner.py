@@ -191,10 +191,14 @@ class Plan:
 
 @dataclass
 class EarlierRun:
+    """What ``answers_from`` takes from an earlier eval folder."""
+
     folder: str
+    """The folder, as given (user's home expanded)."""
     answers: list[dict]
     """``{"response", "routing"}`` per planned row, in plan order."""
     capability_rows: list[dict]
+    """Its sample rows of the capability benchmarks this config lists, copied as they are."""
     run: dict
     """The earlier summary's ``run`` block (model, fingerprint, ...)."""
 
@@ -224,14 +228,17 @@ def plan_eval(cfg: EvalConfig) -> Plan:
         else:
             rows += _safety_rows_planned(cfg, entry, kind, key)
     _check_services(cfg, judge, references=any(r["_reference"] for r in rows))
-    earlier = _earlier_run(cfg.answers_from, rows, capability) if cfg.answers_from else None
+    earlier = _earlier_run(cfg, rows, capability) if cfg.answers_from else None
     return Plan(rows, capability, parameters, judge, earlier)
 
 
-def _earlier_run(folder: str, rows: list[dict], capability: list[tuple[BenchmarkEntry, dict]]) -> EarlierRun:
+def _earlier_run(cfg: EvalConfig, rows: list[dict], capability: list[tuple[BenchmarkEntry, dict]]) -> EarlierRun:
     """The answers of an earlier eval folder for every planned row, or a DataError naming what is missing."""
     from .metrics import SAMPLES, SUMMARY
 
+    folder = Path(cfg.answers_from).expanduser()
+    if folder.resolve() == Path(cfg.output_dir).expanduser().resolve():
+        raise ConfigError("answers_from: is the output_dir; write the new verdicts to another folder")
     samples, summary = Path(folder) / SAMPLES, Path(folder) / SUMMARY
     for path in (samples, summary):
         if not path.is_file():
@@ -269,7 +276,8 @@ def _earlier_run(folder: str, rows: list[dict], capability: list[tuple[Benchmark
     try:
         with open(summary, encoding="utf-8") as f:
             run = json.load(f)["run"]
-        earlier_entries = {b.get("name_as") or b["name"]: b for b in run.get("config", {}).get("benchmarks", [])}
+        earlier_cfg = run.get("config", {})
+        earlier_entries = {b.get("name_as") or b["name"]: b for b in earlier_cfg.get("benchmarks", [])}
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise DataError(f"answers_from: {summary}: not a routealign summary ({e})") from None
     capability_rows = []
@@ -277,12 +285,19 @@ def _earlier_run(folder: str, rows: list[dict], capability: list[tuple[Benchmark
         name = entry.name_as or entry.name
         if name not in by_benchmark:
             raise DataError(f"answers_from: {samples} has no {name!r} results to copy")
+        if name not in earlier_entries:
+            raise DataError(f"answers_from: {summary} does not say how {name!r} was run")
         # The results are copied only if they answer the same question; the data's path may differ
-        # between machines.
+        # between machines. The seed picks a limited subset; GSM8K answers are generated.
         ours = {k: v for k, v in asdict(entry).items() if k != "path"}
         # Fields a run of an older routealign did not record had their defaults.
-        recorded = {**asdict(BenchmarkEntry(name=entry.name)), **earlier_entries.get(name, {})}
+        recorded = {**asdict(BenchmarkEntry(name=entry.name)), **earlier_entries[name]}
         theirs = {k: v for k, v in recorded.items() if k != "path"}
+        if entry.limit is not None:
+            ours["seed"], theirs["seed"] = cfg.seed, earlier_cfg.get("seed", 0)
+        if entry.name == "gsm8k":
+            ours["max_new_tokens"] = cfg.generation.max_new_tokens
+            theirs["max_new_tokens"] = earlier_cfg.get("generation", {}).get("max_new_tokens")
         if ours != theirs:
             changed = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
             raise ConfigError(f"answers_from: {name!r} was run with other settings there ({', '.join(changed)}); "

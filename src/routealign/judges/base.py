@@ -71,6 +71,12 @@ class Judge(ABC):
     def judge(self, items: Sequence[JudgeInput]) -> list[Verdict]:
         """One verdict per item, in the order given. Batches internally as it sees fit."""
 
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        """Check option *values* cheaply, without loading weights (raise ValueError); the default checks
+        nothing. Run by :func:`check_judge`, i.e. before an evaluation generates anything."""
+        return None
+
     def __call__(self, prompt: str, response: str) -> Verdict:
         return self.judge([JudgeInput(prompt, response)])[0]
 
@@ -126,6 +132,10 @@ def check_judge(name: str, options: dict, key: str = "judge_options") -> set[str
                     f"{key}.{option}: judge {name!r} has no option {option!r} "
                     f"(known: {', '.join(sorted(parameters)) or 'none'})"
                 )
+    try:
+        JUDGES[name].check_options(dict(options))
+    except (ValueError, TypeError, OSError) as e:
+        raise ConfigError(f"{key}: {e}") from None
     return parameters
 
 
