@@ -15,16 +15,15 @@ from routealign.judges.embedding import (
     DECLINE_PHRASES,
     DEFAULT_HEAD,
     Head,
-    agreement,
     fit_head,
     label_tensor,
     load_head,
     opening_decline,
-    read_labelled,
     read_phrases,
     save_head,
     text_signals,
 )
+from routealign.judges.labelled import agreement, read_labelled
 from tests.helpers import SHARED_DATA
 
 needs_encoder = pytest.mark.skipif(
@@ -277,24 +276,24 @@ def labelled_sets(tmp_path_factory):
 @needs_encoder
 @packaged_head
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data (the labelled sets' prompts)")
-def test_packaged_judge_agreement_on_the_chat_model_test_set(labelled_sets):
-    """The README's test-big numbers: JailbreakBench answers of Llama-2 and GPT-4, never fitted on."""
+@pytest.mark.parametrize(
+    ("test_set", "n_refused", "refused_at_least", "n_harmful", "harmful_at_least"),
+    [
+        # JailbreakBench answers of Llama-2 and GPT-4, never fitted on.
+        ("test-big", 240, 0.97, 240, 0.90),
+        # SmolLM2 answers to prompt sources the head never saw. Harmful? is far below the 90% target,
+        # as the README says; a regression below the published 67.9% fails here.
+        ("test2-small", 310, 0.93, 280, 0.67),
+    ],
+)
+def test_packaged_judge_agreement_on_the_test_sets(
+    labelled_sets, test_set, n_refused, refused_at_least, n_harmful, harmful_at_least
+):
+    """The README's numbers, measured by the script that produced them."""
     measure = _measure_module()
-    result = measure.measure("minilm", measure.load_set("test-big", str(labelled_sets), str(SHARED_DATA)))
-    assert result["refused"]["n"] == 240 and result["refused"]["accuracy"] >= 0.97
-    assert result["harmful"]["n"] == 240 and result["harmful"]["accuracy"] >= 0.90
-
-
-@needs_encoder
-@packaged_head
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data (the labelled sets' prompts)")
-def test_packaged_judge_agreement_on_the_small_model_test_set(labelled_sets):
-    """The README's test2-small numbers: SmolLM2 answers to prompt sources the head never saw."""
-    measure = _measure_module()
-    result = measure.measure("minilm", measure.load_set("test2-small", str(labelled_sets), str(SHARED_DATA)))
-    assert result["refused"]["n"] == 310 and result["refused"]["accuracy"] >= 0.93
-    # Far below the 90% target: the README says so. A regression below the published 67.9% fails here.
-    assert result["harmful"]["n"] == 280 and result["harmful"]["accuracy"] >= 0.67
+    result = measure.measure("minilm", measure.load_set(test_set, str(labelled_sets), str(SHARED_DATA)))
+    assert result["refused"]["n"] == n_refused and result["refused"]["accuracy"] >= refused_at_least
+    assert result["harmful"]["n"] == n_harmful and result["harmful"]["accuracy"] >= harmful_at_least
 
 
 @packaged_head

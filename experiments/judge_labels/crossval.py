@@ -25,9 +25,9 @@ from routealign.judges.embedding import (
     features,
     fit_head,
     label_tensor,
-    read_labelled,
     read_phrases,
 )
+from routealign.judges.labelled import read_labelled
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import os
 from collections import defaultdict
 
 from routealign.judges import JudgeInput, get_judge
-from routealign.judges.embedding import agreement, read_labelled
+from routealign.judges.labelled import agreement, read_labelled
 
 
 def load_set(name: str, labels: str, shared: str) -> list[tuple[str, str, object]]:
