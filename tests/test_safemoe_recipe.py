@@ -188,12 +188,14 @@ def test_regularised_sequence_gate_recipe(tmp_path, tiny_model_dir):
 def test_config_mistakes_fail_before_training_and_leave_the_folder_free(tmp_path, tiny_model_dir, monkeypatch):
     """A bad gate-data path, target module or gate layer is reported before stage A trains, and the
     corrected run then uses the same output folder."""
-    import routealign.recipes.safemoe as recipe
+    import routealign.recipes.common as common  # where each expert's stage runs
+    import routealign.recipes.safemoe as recipe  # where the router's runs
     from routealign.config import ConfigError
     from routealign.data import DataError
 
     trained = []
-    monkeypatch.setattr(recipe, "run_stage", lambda acc, stage: trained.append(stage.name) or run_stage(acc, stage))
+    for module in (common, recipe):
+        monkeypatch.setattr(module, "run_stage", lambda acc, stage: trained.append(stage.name) or run_stage(acc, stage))
     data = safemoe_config(tmp_path, tiny_model_dir)
     data["experts"]["train"]["max_steps"] = 1
     data["router"]["train"]["max_steps"] = 1
@@ -221,7 +223,7 @@ def test_config_mistakes_fail_before_training_and_leave_the_folder_free(tmp_path
 def test_a_run_that_trained_nothing_leaves_the_folder_to_the_corrected_config(tmp_path, tiny_model_dir, monkeypatch):
     """The first step fails (out of memory, say) after the folder was claimed: a smaller batch then
     takes the folder over; once an expert is finished, a different config is refused."""
-    import routealign.recipes.safemoe as recipe
+    import routealign.recipes.common as recipe  # where each expert's stage runs
 
     data = safemoe_config(tmp_path, tiny_model_dir)
     data["experts"]["train"]["max_steps"] = 1

@@ -22,6 +22,7 @@ import yaml
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 PRECISIONS = ("no", "bf16", "fp16")
 POOLS = ("rms", "mean")
+MAPPINGS = ("softmax", "sigmoid")
 DEVICE_PATTERN = r"auto|cpu|mps|(cuda|xpu)(:\d+)?"
 
 
@@ -154,6 +155,10 @@ class GateConfig:
     """token: a gate per adapted module and token; sequence: one weight vector per sequence, computed
     from the prompt alone (the frozen base model's hidden states at ``layer``, pooled) and used for
     every generated token."""
+    mapping: str = "softmax"
+    """How a gate's outputs become expert weights. softmax: one distribution over the experts (and the
+    null expert), SafeMoE's; sigmoid: an independent weight in (0, 1) per expert, with no null expert
+    and no top_k, MidPO's ``y = W x + s·(a·ΔS x + b·ΔH x)``."""
     top_k: int | None = None
     """Keep the k largest gate weights (the null expert counts as one) and zero the rest, without
     renormalising the kept ones (Switch-style, so a top-1 gate still gets a gradient); None = dense."""
@@ -182,6 +187,12 @@ class GateConfig:
             raise ConfigError(f"gate.kind: must be 'token' or 'sequence', got {self.kind!r}")
         if self.top_k is not None and self.top_k < 1:
             raise ConfigError(f"gate.top_k: must be ≥ 1 or null, got {self.top_k}")
+        if self.mapping not in MAPPINGS:
+            raise ConfigError(f"gate.mapping: {self.mapping!r} is not one of {', '.join(MAPPINGS)}")
+        if self.mapping == "sigmoid" and (self.null_expert or self.top_k is not None):
+            raise ConfigError(
+                "gate.mapping: sigmoid gives every expert its own weight; set null_expert: false and top_k: null"
+            )
         if self.hidden < 0:
             raise ConfigError(f"gate.hidden: must be ≥ 0, got {self.hidden}")
         if self.init_null is not None and not 0.0 < self.init_null < 1.0:

@@ -29,7 +29,8 @@ from .io import atomic_write_text, recover_dir, replace_dir
 
 log = logging.getLogger(__name__)
 
-LossFn = Callable[[torch.nn.Module, dict], torch.Tensor]
+LossFn = Callable[[torch.nn.Module, dict], "torch.Tensor | tuple[torch.Tensor, dict[str, float]]"]
+"""``loss_fn(model, batch)``: the loss, or the loss and metrics to log beside it (e.g. DPO's rewards)."""
 Callback = Callable[[int, float], None]
 
 
@@ -82,7 +83,7 @@ def run_stage(accelerator: Accelerator, stage: Stage) -> dict:
 
     model.train()
     bar = tqdm(total=total, initial=step, desc=stage.name, disable=not accelerator.is_main_process, leave=False)
-    started, losses, micro = time.time(), [], skip
+    started, losses, metrics, micro = time.time(), [], [], skip
     for epoch in range(start_epoch, epochs):
         loader = _epoch_loader(accelerator, stage, epoch)
         if epoch == start_epoch and skip:
@@ -92,6 +93,9 @@ def run_stage(accelerator: Accelerator, stage: Stage) -> dict:
         for batch in loader:
             with accelerator.accumulate(model):
                 loss = stage.loss_fn(model, batch)
+                if isinstance(loss, tuple):
+                    loss, extra = loss
+                    metrics.append(extra)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -104,10 +108,12 @@ def run_stage(accelerator: Accelerator, stage: Stage) -> dict:
             scheduler.step()
             step += 1
             mean_loss = sum(losses) / len(losses)
-            losses = []
+            # The main process's own micro-batches, as for the loss.
+            step_metrics = {k: sum(m[k] for m in metrics) / len(metrics) for k in metrics[0]} if metrics else {}
+            losses, metrics = [], []
             bar.update(1)
-            bar.set_postfix(loss=f"{mean_loss:.4f}")
-            _log(accelerator, stage, step, total, epoch, mean_loss, scheduler.get_last_lr()[0])
+            bar.set_postfix(loss=f"{mean_loss:.4f}", **{k.rsplit("/", 1)[-1]: f"{v:.3g}" for k, v in step_metrics.items()})
+            _log(accelerator, stage, step, total, epoch, mean_loss, scheduler.get_last_lr()[0], step_metrics)
             for cb in stage.callbacks:
                 cb(step, mean_loss)
             if cfg.save_every and step % cfg.save_every == 0 and step < total:
@@ -139,15 +145,17 @@ def _epoch_loader(accelerator: Accelerator, stage: Stage, epoch: int) -> DataLoa
     return accelerator.prepare_data_loader(loader)
 
 
-def _log(accelerator, stage: Stage, step: int, total: int, epoch: int, loss: float, lr: float) -> None:
+def _log(accelerator, stage: Stage, step: int, total: int, epoch: int, loss: float, lr: float, metrics: dict) -> None:
     if not accelerator.is_main_process:
         return
     if step % stage.cfg.log_every == 0 or step == total or step == 1:
-        log.info("%s step %d/%d loss %.4f lr %.3g", stage.name, step, total, loss, lr)
+        extra = "".join(f" {k} {v:.4g}" for k, v in metrics.items())
+        log.info("%s step %d/%d loss %.4f lr %.3g%s", stage.name, step, total, loss, lr, extra)
     if stage.log_file is not None:
         stage.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(stage.log_file, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"stage": stage.name, "step": step, "epoch": epoch, "loss": loss, "lr": lr}) + "\n")
+            entry = {"stage": stage.name, "step": step, "epoch": epoch, "loss": loss, "lr": lr, **metrics}
+            f.write(json.dumps(entry) + "\n")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from transformers import DataCollatorForSeq2Seq
 
-from .records import SFTExample
+from .records import PreferencePair, SFTExample
 from .sources import DataError
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,86 @@ def encode_all(examples: Sequence[SFTExample], tokenizer, max_length: int) -> li
 def sft_collator(tokenizer):
     """Right-pads encoded examples into input_ids / attention_mask / labels (labels padded with IGNORE)."""
     return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE, return_tensors="pt")
+
+
+def encode_pair(pair: PreferencePair, tokenizer, max_length: int, *, from_divergence: bool = False) -> dict | None:
+    """Both sides of a preference pair as input_ids / labels (prompt masked), truncated to max_length.
+
+    ``from_divergence``: the loss starts at the first response token where chosen and rejected differ, so
+    a shared opening ("Sure, here is") adds nothing to either side (as the MidPO authors' code does).
+    None when the prompt leaves no room for a response token, or nothing differs within max_length.
+    """
+    if pair.chosen == pair.rejected:
+        raise DataError(f"{pair.source or 'a preference pair'}: fields 'chosen' and 'rejected' hold the same response")
+    prompt = prompt_ids(tokenizer, pair.prompt, pair.system)
+    if len(prompt) >= max_length:
+        return None
+    sides = {}
+    for side in ("chosen", "rejected"):
+        full = _ids(tokenizer, messages(pair.prompt, pair.system, getattr(pair, side)), add_generation_prompt=False)
+        if full[: len(prompt)] != prompt:
+            raise DataError(
+                f"{pair.source or 'a preference pair'}: the chat template renders the prompt differently with and "
+                "without an answer, so the answer's tokens cannot be located; set model.chat_template to one that does not"
+            )
+        sides[side] = full[:max_length]
+    start = len(prompt)
+    if from_divergence:
+        chosen, rejected = sides["chosen"], sides["rejected"]
+        while start < min(len(chosen), len(rejected)) and chosen[start] == rejected[start]:
+            start += 1
+    out = {}
+    for side, ids in sides.items():
+        if len(ids) <= start:
+            return None
+        out[f"{side}_input_ids"] = ids
+        out[f"{side}_labels"] = [IGNORE] * start + ids[start:]
+    for side in ("chosen", "rejected"):
+        score = getattr(pair, f"{side}_score")
+        if score is not None:
+            out[f"{side}_score"] = float(score)
+    return out
+
+
+def encode_pairs(pairs: Sequence[PreferencePair], tokenizer, max_length: int, *, from_divergence: bool = False) -> list[dict]:
+    encoded = [encode_pair(p, tokenizer, max_length, from_divergence=from_divergence) for p in pairs]
+    kept = [e for e in encoded if e is not None]
+    if len(kept) < len(encoded):
+        log.warning(
+            "%d of %d pairs dropped: the prompt alone fills max_length=%d, or the responses do not differ within it",
+            len(encoded) - len(kept), len(encoded), max_length,
+        )  # fmt: skip
+    if not kept:
+        where = pairs[0].source if pairs else "the data"
+        raise DataError(f"{where}: no preference pair has room for differing responses within max_length={max_length}")
+    return kept
+
+
+PAIR_EXTRAS = ("chosen_score", "rejected_score", "ref_chosen", "ref_rejected")
+"""Per-pair numbers an encoded pair may carry; the collator stacks each into a ``[B]`` tensor."""
+
+
+def pair_collator(tokenizer):
+    """Encoded pairs → one right-padded batch of 2B rows, the B chosen sides first, then the B rejected
+    ones in the same order (one forward pass scores both), plus the per-pair extras as ``[B]`` tensors."""
+    pad = sft_collator(tokenizer)
+
+    def collate(rows: Sequence[dict]) -> dict[str, torch.Tensor]:
+        sides = [
+            {"input_ids": row[f"{side}_input_ids"], "labels": row[f"{side}_labels"]}
+            for side in ("chosen", "rejected")
+            for row in rows
+        ]
+        batch = dict(pad(sides))
+        for key in PAIR_EXTRAS:
+            present = [key in row for row in rows]
+            if any(present):
+                if not all(present):
+                    raise DataError(f"pair_collator: {key!r} is set for some pairs of a batch but not all")
+                batch[key] = torch.tensor([row[key] for row in rows], dtype=torch.float32)
+        return batch
+
+    return collate
 
 
 def _with_system(messages: list[dict], system: str | None) -> list[dict]:

@@ -421,8 +421,12 @@ class PKUSafeRLHF(Format):
     """PKU-SafeRLHF: a prompt, two responses, a safety flag for each, and which one is safer / better.
 
     SFT: one example per response (``safe`` from its flag, ``domain`` = its first true harm category).
-    Preference: ``chosen`` is the safer response (``safer_response_id``); ``columns: {preference:
-    better}`` picks ``better_response_id`` (the more helpful one) instead.
+    Preference, by the ``preference`` option in ``columns`` (MidPO's three sets are the last three):
+
+    * ``safer`` (default): every pair, ``chosen`` = ``safer_response_id``;
+    * ``better`` (helpfulness): every pair, ``chosen`` = ``better_response_id``;
+    * ``safety``: only pairs where exactly one response is safe, ``chosen`` = the safe one;
+    * ``dual``: only pairs where both responses are safe and the safer one is also the better one.
     """
 
     fields = (
@@ -430,7 +434,7 @@ class PKUSafeRLHF(Format):
         "safer_response_id", "better_response_id", "response_0_harm_category",
         "response_1_harm_category", "preference",
     )  # fmt: skip
-    choices = {"safer": "safer_response_id", "better": "better_response_id"}
+    choices = ("safer", "better", "safety", "dual")
 
     def sft(self, row: Row) -> list[SFTExample]:
         prompt = row.prompt()
@@ -438,6 +442,8 @@ class PKUSafeRLHF(Format):
 
     def preference(self, row: Row) -> list[PreferencePair]:
         chosen = self._choice(row)
+        if chosen is None:
+            return []
         rejected = 1 - chosen
         categories = self._harms(row, rejected) or self._harms(row, chosen)
         pair = PreferencePair(
@@ -452,6 +458,16 @@ class PKUSafeRLHF(Format):
         )
         return [pair]
 
+    def check_columns(self, columns: Mapping[str, str]) -> None:
+        super().check_columns(columns)
+        self._option(columns)
+
+    def _option(self, columns: Mapping[str, str]) -> str:
+        option = columns.get("preference", "safer")
+        if option not in self.choices:
+            raise DataError(f"columns: 'preference' must be one of {', '.join(self.choices)}, got {option!r}")
+        return option
+
     def _example(self, row: Row, prompt: str, i: int) -> SFTExample:
         harms = self._harms(row, i)
         return SFTExample(
@@ -465,11 +481,18 @@ class PKUSafeRLHF(Format):
     def _harms(self, row: Row, i: int) -> list[str]:
         return _true_keys(row, f"response_{i}_harm_category")
 
-    def _choice(self, row: Row) -> int:
-        option = row.columns.get("preference", "safer")
-        if option not in self.choices:
-            raise DataError(f"columns: 'preference' must be 'safer' or 'better', got {option!r}")
-        field = self.choices[option]
+    def _choice(self, row: Row) -> int | None:
+        """Index of the chosen response, or None when the pair is not in the requested set."""
+        option = self._option(row.columns)
+        if option in ("safer", "better"):
+            return self._response_id(row, f"{option}_response_id")
+        safe = [row.flag(f"is_response_{i}_safe", required=True) for i in (0, 1)]
+        if option == "safety":
+            return safe.index(True) if safe[0] != safe[1] else None
+        safer = self._response_id(row, "safer_response_id")
+        return safer if all(safe) and safer == self._response_id(row, "better_response_id") else None
+
+    def _response_id(self, row: Row, field: str) -> int:
         value = row.require(field)
         if str(value).strip() not in ("0", "1") or isinstance(value, bool):
             raise row.error(field, f"must be 0 or 1, got {value!r}")

@@ -21,7 +21,8 @@ class DataConfig:
     """Configuration name of a hub data set (``load_dataset(path, subset)``); ignored for single files."""
     columns: dict[str, str] = field(default_factory=dict)
     """Format field → column name in this data, e.g. ``{prompt: Behavior, response: Safe_Response}``.
-    Also carries format options: pku-saferlhf ``{preference: better}`` prefers the more helpful response."""
+    Also carries format options: pku-saferlhf ``{preference: better}`` prefers the more helpful response
+    (``safety`` / ``dual``: MidPO's safety and dual sets; see the format's docstring)."""
     unsafe_only: bool = False
     """Keep only records labelled unsafe: SFT examples with ``safe: false``, preference pairs with an
     unsafe response, prompts labelled harmful. Fails if the data has no safety labels."""

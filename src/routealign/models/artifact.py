@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .. import __version__
@@ -30,9 +30,28 @@ FORMAT_VERSION = 1
 
 
 def save_gates(mixture: Mixture, path: Path) -> None:
+    """The gate tensors, with the mapping and the expert order they were trained for in the header."""
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(mixture.gate_state_dict(), str(tmp))
+    header = {"routealign.gate.mapping": mixture.gate_cfg.mapping, "routealign.experts": json.dumps(mixture.expert_names)}
+    save_file(mixture.gate_state_dict(), str(tmp), metadata=header)
     tmp.replace(path)
+
+
+def check_gates_header(path: Path, mixture: Mixture) -> None:
+    """Gates trained for another mapping or expert order would load by shape and route nonsense.
+    (Artifacts from before the header existed have none: softmax gates, in the manifest's order.)"""
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata() or {}
+    mapping = header.get("routealign.gate.mapping", "softmax")
+    try:
+        experts = json.loads(header.get("routealign.experts", json.dumps(mixture.expert_names)))
+    except json.JSONDecodeError:
+        raise MixtureError(f"{path}: unreadable expert list in the header") from None
+    if mapping != mixture.gate_cfg.mapping or experts != mixture.expert_names:
+        raise MixtureError(
+            f"{path}: gates trained for {mapping} gates over {experts}, but the manifest describes "
+            f"{mixture.gate_cfg.mapping} gates over {mixture.expert_names}"
+        )
 
 
 def write_manifest(folder: Path, *, recipe: str, config: dict, experts: list[dict], gate: GateConfig, model: ModelConfig) -> None:
@@ -113,7 +132,22 @@ def gate_config(manifest: dict, where: str) -> GateConfig:
     return from_dict(GateConfig, data, f"{where}: gate")
 
 
+MIXTURE_RECIPES = ("safemoe", "midpo")
+"""Recipes whose artifact is LoRA experts behind gates (SafeMoE: softmax + null expert; MidPO: sigmoids)."""
+
+
 def load(
+    folder: str | Path, *, device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False
+) -> torch.nn.Module:
+    """The model an artifact describes, by the recipe its manifest names; see :func:`load_mixture`."""
+    manifest = read_manifest(folder)
+    recipe = manifest.get("recipe")
+    if recipe in MIXTURE_RECIPES:
+        return load_mixture(folder, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    raise MixtureError(f"{Path(folder) / MANIFEST}: recipe {recipe!r} is not one this routealign loads ({', '.join(MIXTURE_RECIPES)})")
+
+
+def load_mixture(
     folder: str | Path, *, device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False
 ) -> torch.nn.Module:
     """A transformers model with the artifact's experts and gates attached, in eval mode.
@@ -132,6 +166,7 @@ def load(
     mixture = attach_mixture(model, [read_peft_expert(path, name) for name, path in experts], gate)
     try:
         gates = load_file(str(folder / GATES), device=str(model.device))
+        check_gates_header(folder / GATES, mixture)
     except (OSError, SafetensorError) as e:
         raise MixtureError(f"{folder / GATES}: cannot read the gates ({e})") from None
     mixture.load_gate_state_dict(gates, str(folder / GATES))

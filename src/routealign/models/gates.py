@@ -60,8 +60,10 @@ class GateHead(nn.Module):
         return self.net(x)
 
 
-def route_probs(logits: torch.Tensor) -> torch.Tensor:
-    """Softmax over the gate's outputs, in float32."""
+def route_probs(logits: torch.Tensor, mapping: str = "softmax") -> torch.Tensor:
+    """The gate's outputs in float32: a softmax over them, or (``sigmoid``) each squashed on its own."""
+    if mapping == "sigmoid":
+        return torch.sigmoid(logits.float())
     return torch.softmax(logits, dim=-1, dtype=torch.float32)
 
 

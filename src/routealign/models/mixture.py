@@ -4,6 +4,9 @@ At every adapted linear layer, with experts e = 1..E on a frozen base weight W,
 
     y = W x + Σ_e g_e(x) · s_e · B_e A_e x
 
+where g(x) is a softmax over the experts and a null expert (SafeMoE) or an independent sigmoid per
+expert (MidPO's safety and helpfulness gates), as ``GateConfig.mapping`` says.
+
 All experts' A matrices are stacked into one ``[R, d_in]`` matrix and all (pre-scaled) B matrices into
 one ``[d_out, R]`` matrix, R = Σ_e r_e. The mixture is then two matmuls with the gate weights, expanded
 to one weight per rank slot, multiplied in between: no loop over experts, no second forward pass, and
@@ -147,6 +150,7 @@ class MixtureLinear(nn.Module):
         self.__dict__["_gate_linear"] = gate.linear if gate is not None else None
         self.top_k = gate_cfg.top_k
         self.null_expert = gate_cfg.null_expert
+        self.mapping = gate_cfg.mapping
         self._fused_cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
         # A plain attribute, not a submodule: all layers of a model share it and it holds no weights.
         self.__dict__["state"] = state
@@ -171,7 +175,7 @@ class MixtureLinear(nn.Module):
             return out
         if state.mode == "gate" and self.gate is not None:
             h, logits = self._project_and_gate(x)
-            probs = route_probs(logits)
+            probs = route_probs(logits, self.mapping)
             if state.collect:
                 state.probs.append(probs)
             w = expert_weights(probs, self.null_expert, self.top_k)
@@ -393,7 +397,7 @@ class Mixture:
         pool = mask.bool() if pool_mask is None else mask.bool() & pool_mask.bool()
         position_ids = (mask.long().cumsum(-1) - 1).clamp_min(0)
         hidden = self.base_hidden(input_ids, inputs_embeds, mask, position_ids)
-        return route_probs(self.sequence_gate(pool_hidden(hidden, pool, self.gate_cfg.pool)))
+        return route_probs(self.sequence_gate(pool_hidden(hidden, pool, self.gate_cfg.pool)), self.gate_cfg.mapping)
 
     @contextmanager
     def routed(self, probs: torch.Tensor) -> Iterator[torch.Tensor]:
