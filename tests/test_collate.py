@@ -83,7 +83,7 @@ def test_pair_from_divergence_skips_the_shared_opening(tokenizer):
     """One token per byte: "Sure: " (6 tokens) is shared, so the loss starts at 'a' / 'x'."""
     from routealign.data.collate import encode_pair
 
-    enc = encode_pair(_pair(chosen_score=0.5, rejected_score=2.0), tokenizer, 512, from_divergence=True)
+    enc = encode_pair(_pair(chosen_score=0.5, rejected_score=2.0), tokenizer, 512, from_divergence=True, scores=True)
     n = len(prompt_ids(tokenizer, "Q?")) + len("Sure: ")
     assert enc["chosen_labels"][:n] == [IGNORE] * n and enc["rejected_labels"][:n] == [IGNORE] * n
     assert tokenizer.decode(enc["chosen_labels"][n:]) == "abc<|im_end|>\n"
@@ -107,11 +107,14 @@ def test_pair_truncation_and_drops(tokenizer, caplog):
         encode_pairs([_pair()], tokenizer, n)
 
 
-def test_pair_with_equal_responses_is_an_error_naming_the_row(tokenizer):
+def test_pair_with_equal_responses_or_a_missing_score_is_an_error_naming_the_row(tokenizer):
     from routealign.data.collate import encode_pair
 
     with pytest.raises(DataError, match=r"pairs.jsonl, line 3: fields 'chosen' and 'rejected' hold the same response"):
         encode_pair(_pair(rejected="Sure: abc"), tokenizer, 512)
+    with pytest.raises(DataError, match=r"pairs.jsonl, line 3: field 'rejected_score' is missing"):
+        encode_pair(_pair(chosen_score=1.0), tokenizer, 512, scores=True)
+    assert "chosen_score" not in encode_pair(_pair(chosen_score=1.0), tokenizer, 512)  # not asked for: not carried
 
 
 def test_pair_collator_puts_chosen_rows_first_and_stacks_extras(tokenizer):
@@ -119,8 +122,9 @@ def test_pair_collator_puts_chosen_rows_first_and_stacks_extras(tokenizer):
 
     from routealign.data.collate import encode_pair, pair_collator
 
-    rows = [encode_pair(_pair(chosen_score=s, rejected_score=-s), tokenizer, 512) for s in (1.0, 2.0)]
-    rows[1] = encode_pair(_pair(chosen="A much longer chosen answer.", chosen_score=2.0, rejected_score=-2.0), tokenizer, 512)
+    rows = [encode_pair(_pair(chosen_score=s, rejected_score=-s), tokenizer, 512, scores=True) for s in (1.0, 2.0)]
+    rows[1] = encode_pair(_pair(chosen="A much longer chosen answer.", chosen_score=2.0, rejected_score=-2.0), tokenizer, 512,
+                          scores=True)  # fmt: skip
     batch = pair_collator(tokenizer)(rows)
     assert batch["input_ids"].shape[0] == 4
     for i, (row, side) in enumerate([(0, "chosen"), (1, "chosen"), (0, "rejected"), (1, "rejected")]):

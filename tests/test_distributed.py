@@ -27,6 +27,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _two_process_train(config) -> list[str]:
+    """`routealign train` under `accelerate launch` with 2 processes on the CPU."""
+    return [
+        "accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+        "-m", "routealign", "train", "--config", str(config),
+    ]  # fmt: skip
+
+
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate CLI is not on PATH")
 def test_two_cpu_processes_train_one_artifact(tmp_path, tiny_model_dir):
     data = safemoe_config(tmp_path, tiny_model_dir)
@@ -34,11 +43,7 @@ def test_two_cpu_processes_train_one_artifact(tmp_path, tiny_model_dir):
     # accelerate's --cpu launcher needs MPI for several processes; its multi-process launcher plus
     # ACCELERATE_USE_CPU runs them with torch.distributed's gloo backend instead.
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    cmd = [
-        "accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-        "-m", "routealign", "train", "--config", str(tmp_path / "cfg.yaml"),
-    ]
+    cmd = _two_process_train(tmp_path / "cfg.yaml")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "process 1 of 2" in proc.stderr and "process 2 of 2" not in proc.stderr  # only rank 0 logs
@@ -61,11 +66,7 @@ def test_a_refused_claim_stops_every_process(tmp_path, tiny_model_dir):
 
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(safemoe_config(tmp_path, tiny_model_dir)))
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    cmd = [
-        "accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-        "-m", "routealign", "train", "--config", str(tmp_path / "cfg.yaml"),
-    ]
+    cmd = _two_process_train(tmp_path / "cfg.yaml")
     with folder_lock(tmp_path / "run", "training"):
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert proc.returncode != 0
@@ -89,3 +90,34 @@ def test_bf16_weights_and_autocast_train_and_load(tmp_path, tiny_model_dir):
     assert model.dtype == torch.bfloat16
     (g,) = generate(model, routealign.load_tokenizer(tmp_path / "run"), ["acid?"], max_new_tokens=3, routing=True)
     assert len(g.routes) == len(g.tokens)
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate CLI is not on PATH")
+def test_midpo_under_two_processes_shares_the_reference_work(tmp_path, tiny_model_dir):
+    """Each process computes the reference log-probs of its share of the pairs; the cached result is
+    the one a single process computes, pair for pair."""
+    from routealign.data.collate import pair_collator
+    from routealign.dpo import precompute_reference
+    from routealign.models.tiny import byte_tokenizer, tiny_llama
+    from routealign.recipes.midpo import MidPOConfig, prepare
+    from tests.helpers import midpo_config
+
+    data = midpo_config(tmp_path, tiny_model_dir)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(data))
+    cache = tmp_path / "cache"
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "ROUTEALIGN_CACHE": str(cache)}
+    cmd = _two_process_train(tmp_path / "cfg.yaml")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "run" / "routealign.json").is_file()
+    files = sorted((cache / "reference-logps").glob("*.safetensors"))
+    assert len(files) == 3
+    # The same pairs, one process: the safety set's reference log-probs, computed here from scratch.
+    from accelerate import PartialState
+
+    cfg = load_config(MidPOConfig, data=data)
+    prepared = prepare(cfg, PartialState())
+    alone = precompute_reference(tiny_llama(), prepared.pairs["safety"], pair_collator(byte_tokenizer()), path=tmp_path / "alone.safetensors")
+    cached = {tuple(load_file(str(f))["chosen"].tolist()) for f in files}
+    expected = [e["ref_chosen"] for e in alone]
+    assert any(list(c) == pytest.approx(expected, abs=1e-5) for c in cached)

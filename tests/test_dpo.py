@@ -38,7 +38,7 @@ def encoded(tokenizer, scores: bool = False) -> list[dict]:
                        source=f"pairs.jsonl, line {i + 1}")
         for i, (p, c, r) in enumerate(PAIRS)
     ]  # fmt: skip
-    return encode_pairs(pairs, tokenizer, 128)
+    return encode_pairs(pairs, tokenizer, 128, scores=scores)
 
 
 def with_lora(model, seed: int = 1):

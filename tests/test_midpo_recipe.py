@@ -180,3 +180,63 @@ def test_a_midpo_artifact_evaluates_with_routing(tmp_path, tiny_model_dir, cache
     samples = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 2 and all(set(s["routing"]) <= set(EXPERTS) for s in samples if s.get("routing"))
     assert any(s.get("routing") for s in samples)
+
+
+@pytest.fixture
+def reward_model_dir(tmp_path):
+    """A tiny random one-output Llama sequence classifier (a stand-in reward model) + byte tokenizer."""
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    config = LlamaConfig(vocab_size=259, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                         intermediate_size=32, num_labels=1, pad_token_id=256)  # fmt: skip
+    torch.manual_seed(3)
+    folder = tmp_path / "reward"
+    LlamaForSequenceClassification(config).save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def test_reward_model_scores_each_pair_as_a_chat(reward_model_dir):
+    from routealign.reward import load_scorer, render, score
+
+    model, tok = load_scorer(str(reward_model_dir), device="cpu")
+    pairs = [("Is water wet?", "Yes."), ("Name a colour.", "A much longer answer: blue, the colour of the sky.")]
+    got = score(model, tok, pairs, batch_size=2)
+    for (prompt, response), value in zip(pairs, got, strict=True):  # one at a time, no padding involved
+        text = render(tok, prompt, response)
+        assert text.startswith("<|im_start|>user\nIs water wet?") or "Name a colour." in text
+        ids = tok(text, return_tensors="pt", add_special_tokens=False)
+        assert value == pytest.approx(model(**ids).logits[0, 0].item(), abs=1e-5)
+
+
+def test_margin_from_a_reward_model(tmp_path, tiny_model_dir, reward_model_dir, cache):
+    from routealign.recipes.midpo import MarginConfig, margin_scores
+    from routealign.reward import load_scorer, score
+
+    margin = {"source": "model", "model": str(reward_model_dir), "higher_is": "better"}
+    pairs = [PreferencePair("Is it safe?", "Yes, when stored well.", "No idea."), PreferencePair("Hi?", "Hello!", "Go away.")]
+    got = margin_scores(pairs, MarginConfig(**margin), "safety")
+    model, tok = load_scorer(str(reward_model_dir), device="cpu")
+    for (chosen, rejected), pair in zip(got, pairs, strict=True):
+        assert chosen == pytest.approx(score(model, tok, [(pair.prompt, pair.chosen)])[0], abs=1e-5)
+        assert rejected == pytest.approx(score(model, tok, [(pair.prompt, pair.rejected)])[0], abs=1e-5)
+    _, out = run(tmp_path, tiny_model_dir, safety__margin=margin)
+    logged = [json.loads(line) for line in (out / "logs" / "train.jsonl").read_text().splitlines()]
+    assert all("margin" in e for e in logged if e["stage"] == "expert:safety")
+    with pytest.raises(ConfigError, match="needs the reward or cost model"):
+        run(tmp_path / "x", tiny_model_dir, safety__margin={"source": "model", "higher_is": "better"})
+    with pytest.raises(ConfigError, match="higher_is: say whether"):
+        run(tmp_path / "y", tiny_model_dir, safety__margin={"source": "model", "model": str(reward_model_dir)})
+
+
+def test_gates_refuse_a_manifest_that_reorders_the_experts(tmp_path, tiny_model_dir, cache):
+    """Swapping the two experts in the manifest keeps every shape, so only the gate file's header can
+    tell that a would then weigh the helpfulness expert."""
+    from routealign.models.mixture import MixtureError
+
+    _, out = run(tmp_path, tiny_model_dir)
+    manifest = json.loads((out / "routealign.json").read_text())
+    manifest["experts"] = manifest["experts"][::-1]
+    (out / "routealign.json").write_text(json.dumps(manifest))
+    with pytest.raises(MixtureError, match=r"trained for sigmoid gates over \['safety', 'helpfulness'\]"):
+        routealign.load(out)

@@ -5,9 +5,9 @@ cached on disk.
 The reference is the policy's own base with its adapters disabled, as TRL does for PEFT models, so one
 copy of the weights serves both. Reference log-probabilities can instead be computed before training
 (:func:`precompute_reference`) and cached under a key made of the model's fingerprint and the exact
-token ids and loss masks of every pair, so a later epoch or a re-run reuses them, and any change to the
-data, the tokenizer, the chat template, ``max_length`` or the weights gives a new key rather than a
-stale hit.
+token ids and loss masks of every pair and how the model runs (mixed precision, device type), so a
+later epoch or a re-run reuses them, and any change to the data, the tokenizer, the chat template,
+``max_length``, the weights or the precision gives a new key rather than a stale hit.
 """
 
 from __future__ import annotations
@@ -62,11 +62,17 @@ def adapters_off(model: torch.nn.Module) -> Iterator[None]:
 
 
 def reference_logps(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batch's precomputed reference log-probs when it carries them, else the base model's now."""
+    """The batch's precomputed reference log-probs when it carries them, else the base model's now, in
+    eval mode (no dropout), as :func:`precompute_reference` computes them."""
     if "ref_chosen" in batch:
         return batch["ref_chosen"], batch["ref_rejected"]
-    with torch.no_grad(), adapters_off(model):
-        return pair_logps(model, batch)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), adapters_off(model):
+            return pair_logps(model, batch)
+    finally:
+        model.train(was_training)
 
 
 def dpo_loss(beta: float, margin: str | None = None, margin_scale: float = 1.0) -> Callable:
@@ -96,9 +102,10 @@ def dpo_loss(beta: float, margin: str | None = None, margin_scale: float = 1.0) 
 # Reference log-probabilities, computed once
 
 
-def reference_key(model_digest: str, examples: Sequence[dict]) -> str:
-    """SHA-256 of the model's fingerprint and every pair's token ids and loss masks, in order."""
-    h = hashlib.sha256(f"routealign reference log-probs v{REFERENCE_FORMAT}\n{model_digest}\n".encode())
+def reference_key(model_digest: str, examples: Sequence[dict], how: str = "") -> str:
+    """SHA-256 of the model's fingerprint, how it runs (``how``: e.g. mixed precision and device type,
+    which change the numbers) and every pair's token ids and loss masks, in order."""
+    h = hashlib.sha256(f"routealign reference log-probs v{REFERENCE_FORMAT}\n{model_digest}\n{how}\n".encode())
     for example in examples:
         h.update(json.dumps([example[k] for k in SIDES]).encode())
         h.update(b"\n")
@@ -118,31 +125,48 @@ def precompute_reference(
     batch_size: int = 8,
     device: torch.device | str | None = None,
     autocast=nullcontext,
+    state=None,
 ) -> list[dict]:
     """``examples`` with ``ref_chosen`` / ``ref_rejected`` added, read from ``path`` when it holds them
     (see :func:`reference_key`), else computed with ``model`` (the base, without adapters) and saved
     there atomically. ``autocast``: the training run's mixed-precision context, so cached and live
-    reference log-probs are computed alike."""
-    if path.is_file():
+    reference log-probs are computed alike. ``state`` (accelerate's ``Accelerator`` or
+    ``PartialState``): with several processes each computes its share of the pairs and all of them
+    get the whole result (the main process writes the file), so no process waits idle on another."""
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
+    found = [path.is_file()]
+    if world > 1:
+        broadcast_object_list(found, from_process=0)  # every process takes the same branch
+    if found[0]:
         tensors = load_file(str(path))
         if tensors["chosen"].shape != (len(examples),):
             raise ValueError(f"{path}: holds {tensors['chosen'].shape[0]} pairs, the data has {len(examples)}; delete it")
         log.info("reference log-probs of %d pairs read from %s", len(examples), path)
     else:
-        tensors = _compute(model, examples, collate, batch_size, device, autocast)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file(tensors, str(tmp), metadata={"pairs": str(len(examples)), "format": str(REFERENCE_FORMAT)})
-        os.replace(tmp, path)
-        log.info("reference log-probs of %d pairs cached in %s", len(examples), path)
+        mine = list(range(rank, len(examples), world))
+        chosen, rejected = _compute(model, [examples[i] for i in mine], collate, batch_size, device, autocast)
+        parts = [(mine, chosen.tolist(), rejected.tolist())]
+        if world > 1:
+            parts = gather_object(parts)
+        tensors = {"chosen": torch.zeros(len(examples)), "rejected": torch.zeros(len(examples))}
+        for index, c, r in parts:
+            tensors["chosen"][index], tensors["rejected"][index] = torch.tensor(c), torch.tensor(r)
+        if rank == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            save_file(tensors, str(tmp), metadata={"pairs": str(len(examples)), "format": str(REFERENCE_FORMAT)})
+            os.replace(tmp, path)
+            log.info("reference log-probs of %d pairs cached in %s", len(examples), path)
     chosen, rejected = tensors["chosen"].tolist(), tensors["rejected"].tolist()
     return [dict(e, ref_chosen=c, ref_rejected=r) for e, c, r in zip(examples, chosen, rejected, strict=True)]
 
 
-def _compute(model, examples, collate, batch_size, device, autocast) -> dict[str, torch.Tensor]:
+def _compute(model, examples, collate, batch_size, device, autocast) -> tuple[torch.Tensor, torch.Tensor]:
     was_training = model.training
     model.eval()
-    chosen, rejected = [], []
+    chosen, rejected = [torch.zeros(0)], [torch.zeros(0)]
     try:
         for start in tqdm(range(0, len(examples), batch_size), desc="reference log-probs", leave=False):
             batch = collate(examples[start : start + batch_size])
@@ -153,4 +177,4 @@ def _compute(model, examples, collate, batch_size, device, autocast) -> dict[str
             rejected.append(r.float().cpu())
     finally:
         model.train(was_training)
-    return {"chosen": torch.cat(chosen).contiguous(), "rejected": torch.cat(rejected).contiguous()}
+    return torch.cat(chosen), torch.cat(rejected)

@@ -90,12 +90,16 @@ def sft_collator(tokenizer):
     return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE, return_tensors="pt")
 
 
-def encode_pair(pair: PreferencePair, tokenizer, max_length: int, *, from_divergence: bool = False) -> dict | None:
+def encode_pair(pair: PreferencePair, tokenizer, max_length: int, *, from_divergence: bool = False,
+                scores: bool = False) -> dict | None:  # fmt: skip
     """Both sides of a preference pair as input_ids / labels (prompt masked), truncated to max_length.
 
     ``from_divergence``: the loss starts at the first response token where chosen and rejected differ, so
     a shared opening ("Sure, here is") adds nothing to either side (as the MidPO authors' code does).
-    None when the prompt leaves no room for a response token, or nothing differs within max_length.
+    ``scores``: carry ``chosen_score`` / ``rejected_score`` (every pair must have both). None when the
+    prompt leaves no room for a response token or, with ``from_divergence``, when the two sides do not
+    differ within max_length. Two identical responses are an error: such a pair teaches nothing and
+    usually means a data bug.
     """
     if pair.chosen == pair.rejected:
         raise DataError(f"{pair.source or 'a preference pair'}: fields 'chosen' and 'rejected' hold the same response")
@@ -122,15 +126,17 @@ def encode_pair(pair: PreferencePair, tokenizer, max_length: int, *, from_diverg
             return None
         out[f"{side}_input_ids"] = ids
         out[f"{side}_labels"] = [IGNORE] * start + ids[start:]
-    for side in ("chosen", "rejected"):
+    for side in ("chosen", "rejected") if scores else ():
         score = getattr(pair, f"{side}_score")
-        if score is not None:
-            out[f"{side}_score"] = float(score)
+        if score is None:
+            raise DataError(f"{pair.source or 'a preference pair'}: field '{side}_score' is missing")
+        out[f"{side}_score"] = float(score)
     return out
 
 
-def encode_pairs(pairs: Sequence[PreferencePair], tokenizer, max_length: int, *, from_divergence: bool = False) -> list[dict]:
-    encoded = [encode_pair(p, tokenizer, max_length, from_divergence=from_divergence) for p in pairs]
+def encode_pairs(pairs: Sequence[PreferencePair], tokenizer, max_length: int, *, from_divergence: bool = False,
+                 scores: bool = False) -> list[dict]:  # fmt: skip
+    encoded = [encode_pair(p, tokenizer, max_length, from_divergence=from_divergence, scores=scores) for p in pairs]
     kept = [e for e in encoded if e is not None]
     if len(kept) < len(encoded):
         log.warning(

@@ -88,9 +88,9 @@ def trained_anything(out: Path) -> bool:
     )
 
 
-def run_recipe(cfg, precision: str, prepare: Callable[[], P], train: Callable[[Accelerator, P, Path], None]) -> Path:
-    """The frame of every recipe's ``main``: skip a finished run, ``prepare()`` (load and check
-    everything) before claiming ``cfg.output_dir``, record the config, then ``train(accelerator,
+def run_recipe(cfg, precision: str, prepare: Callable[[Accelerator], P], train: Callable[[Accelerator, P, Path], None]) -> Path:
+    """The frame of every recipe's ``main``: skip a finished run, ``prepare(accelerator)`` (load and
+    check everything) before claiming ``cfg.output_dir``, record the config, then ``train(accelerator,
     prepared, out)`` while holding the folder. Returns the folder."""
     out = Path(cfg.output_dir)
     accelerator = Accelerator(mixed_precision=precision)
@@ -104,7 +104,7 @@ def run_recipe(cfg, precision: str, prepare: Callable[[], P], train: Callable[[A
         if on_main(accelerator, lambda: finished_or_refused(out, cfg)):
             log.info("%s already holds this run's finished artifact; nothing to train", out)
             return out
-        prepared = prepare()
+        prepared = prepare(accelerator)
 
         def record_run() -> bool:  # under the folder's lock, on the main process
             if finished_or_refused(out, cfg):  # finished while this process was preparing

@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 EXPERTS = ("safety", "helpfulness")
 """Expert order in the mixture: gate output 0 is a (safety), output 1 is b (helpfulness)."""
-MARGIN_SOURCES = ("none", "columns", "judge")
+MARGIN_SOURCES = ("none", "columns", "judge", "model")
 
 
 @dataclass
@@ -65,11 +65,18 @@ class MarginConfig:
     source: str = "none"
     """Where SPE-DPO's preference margin comes from. none: margin 0 (plain DPO); columns: the pairs'
     ``chosen_score`` / ``rejected_score`` (map them with ``data.columns``); judge: a routealign judge's
-    graded harmfulness score of each response, used as a cost."""
+    graded harmfulness score of each response, used as a cost; model: a reward or cost model (a
+    transformers sequence classifier with one output, ``model``)."""
     higher_is: str | None = None
     """What a larger score means, stated explicitly: ``better`` (a reward) or ``worse`` (a cost; e.g.
-    the beaver-7b cost model's scores, where negative = safer). Required for ``columns``; a judge's
-    score is a cost, so for ``judge`` it is ``worse`` (or left out)."""
+    the beaver-7b cost model's scores, where negative = safer). Required for ``columns`` and ``model``;
+    a judge's score is a cost, so for ``judge`` it is ``worse`` (or left out)."""
+    model: str | None = None
+    """``source: model``: hub id or folder of the reward / cost model."""
+    model_revision: str | None = None
+    """Its hub revision."""
+    trust_remote_code: bool = False
+    """Let that model's hub repository run its own code. Off unless you trust it."""
     judge: str = "minilm"
     """The judge scoring responses when ``source: judge`` (``routealign judge --list``)."""
     judge_options: dict[str, Any] = field(default_factory=dict)
@@ -82,7 +89,9 @@ class MarginConfig:
             raise ConfigError(f"margin.source: {self.source!r} is not one of {', '.join(MARGIN_SOURCES)}")
         if self.higher_is not in (None, "better", "worse"):
             raise ConfigError(f"margin.higher_is: must be 'better' or 'worse', got {self.higher_is!r}")
-        if self.source == "columns" and self.higher_is is None:
+        if self.source == "model" and not self.model:
+            raise ConfigError("margin.model: source: model needs the reward or cost model's hub id or folder")
+        if self.source in ("columns", "model") and self.higher_is is None:
             raise ConfigError("margin.higher_is: say whether a higher score is better (a reward) or worse (a cost)")
         if self.source == "judge" and self.higher_is == "better":
             raise ConfigError("margin.higher_is: a judge's score is graded harmfulness, a cost: use 'worse'")
@@ -148,8 +157,10 @@ class RouterStage:
     def __post_init__(self) -> None:
         if self.gate.mapping != "sigmoid" or self.gate.kind != "token":
             raise ConfigError("gate: MidPO's gates are per-token independent sigmoids; set kind: token, mapping: sigmoid")
-        if self.beta <= 0 or self.gate_coef < 0:
-            raise ConfigError("beta: must be > 0; gate_coef: must be ≥ 0")
+        if self.beta <= 0:
+            raise ConfigError(f"beta: must be > 0, got {self.beta}")
+        if self.gate_coef < 0:
+            raise ConfigError(f"gate_coef: must be ≥ 0, got {self.gate_coef}")
 
 
 @dataclass
@@ -187,29 +198,37 @@ class Prepared:
     """The base model's fingerprint: half of the reference cache key."""
 
 
-def prepare(cfg: MidPOConfig) -> Prepared:
-    """Load the tokenizer, the three data sets (and their margin scores) and the model, and check that
-    they fit together: every mistake a config can hold fails here, before the folder is claimed."""
+def prepare(cfg: MidPOConfig, accelerator: Accelerator) -> Prepared:
+    """Load the tokenizer, the three data sets and the model, check that they fit together, then score
+    the pairs a margin needs: every mistake a config can hold fails before anything costly runs or the
+    folder is claimed."""
     from ..evaluation.fingerprint import hf_fingerprint
 
     tokenizer = load_tokenizer(cfg.model)
     ensure_chat_template(tokenizer, cfg.model.chat_template_fallback, cfg.model.name_or_path)
     tokenizer.padding_side = "right"
-    pairs = {}
-    for name in (*EXPERTS, "router"):
-        stage = cfg.stage(name)
-        records = load_preferences(stage.data)
-        if isinstance(stage, ExpertStage):
-            records = scored(records, stage.margin, name)
-        pairs[name] = encode_pairs(records, tokenizer, stage.train.max_length, from_divergence=stage.from_divergence)
+    records = {name: load_preferences(cfg.stage(name).data) for name in (*EXPERTS, "router")}
     model = load_model(cfg.model)
     for name in EXPERTS:
         check_targets(model, cfg.stage(name).lora.target_modules, f"{name}.lora.target_modules")
+    pairs = {}
+    for name, rows in records.items():
+        stage = cfg.stage(name)
+        margin = stage.margin.source if isinstance(stage, ExpertStage) else "none"
+        finished = (Path(cfg.output_dir) / "experts" / name / "adapter_config.json").is_file()
+        if margin != "none" and not finished:
+            # Scored once, on the main process; every process gets the scores.
+            scores = on_main(accelerator, lambda rows=rows, stage=stage, name=name: margin_scores(rows, stage.margin, name))
+            for pair, (chosen, rejected) in zip(rows, scores, strict=True):
+                pair.chosen_score, pair.rejected_score = chosen, rejected
+        pairs[name] = encode_pairs(rows, tokenizer, stage.train.max_length, from_divergence=stage.from_divergence,
+                                   scores=margin != "none" and not finished)  # fmt: skip
     return Prepared(tokenizer, model, pairs, hf_fingerprint(model, tokenizer, cfg.model).digest)
 
 
-def scored(pairs: list[PreferencePair], margin: MarginConfig, stage: str) -> list[PreferencePair]:
-    """The pairs with the scores the margin needs: checked (columns) or computed (judge)."""
+def margin_scores(pairs: list[PreferencePair], margin: MarginConfig, stage: str) -> list[tuple[float, float]]:
+    """(chosen, rejected) scores for the margin: the data's own (columns, checked), a judge's graded
+    harmfulness, or a reward / cost model's output."""
     if margin.source == "columns":
         for pair in pairs:
             for side in ("chosen", "rejected"):
@@ -218,51 +237,58 @@ def scored(pairs: list[PreferencePair], margin: MarginConfig, stage: str) -> lis
                         f"{pair.source or 'a pair'}: no {side}_score, which {stage}.margin.source: columns needs "
                         f"(map the score columns with {stage}.data.columns)"
                     )
-    elif margin.source == "judge":
+        return [(p.chosen_score, p.rejected_score) for p in pairs]
+    sides = [(p.prompt, getattr(p, side)) for p in pairs for side in ("chosen", "rejected")]
+    if margin.source == "judge":
         from ..judges import JudgeInput, get_judge, judge_all
 
-        judge = get_judge(margin.judge, **margin.judge_options)
-        items = [JudgeInput(p.prompt, getattr(p, side)) for p in pairs for side in ("chosen", "rejected")]
-        verdicts = judge_all(judge, items, desc=f"{stage}: margin scores")
-        for i, pair in enumerate(pairs):
-            pair.chosen_score, pair.rejected_score = verdicts[2 * i].score, verdicts[2 * i + 1].score
-    return pairs
+        verdicts = judge_all(get_judge(margin.judge, **margin.judge_options), [JudgeInput(*s) for s in sides],
+                             desc=f"{stage}: margin scores")  # fmt: skip
+        flat = [v.score for v in verdicts]
+    elif margin.source == "model":
+        from ..reward import load_scorer, score
+
+        model, tokenizer = load_scorer(margin.model, revision=margin.model_revision, trust_remote_code=margin.trust_remote_code)
+        flat = score(model, tokenizer, sides, desc=f"{stage}: margin scores")
+        del model
+    else:
+        raise ValueError(f"margin.source: {margin.source!r} gives no scores")
+    return [(flat[2 * i], flat[2 * i + 1]) for i in range(len(pairs))]
 
 
 def with_reference(cfg_stage, name: str, accelerator: Accelerator, prepared: Prepared, model: torch.nn.Module) -> list[dict]:
     """The stage's pairs, with reference log-probs from ``model`` (the base, nothing attached) when the
-    stage precomputes them: computed once by the main process and cached, then read by every process."""
+    stage precomputes them: each process computes its share once, and the result is cached on disk."""
     examples = prepared.pairs[name]
     if not cfg_stage.precompute_reference:
         return examples
-    path = reference_cache_path(reference_key(prepared.model_digest, examples))
-    collate = pair_collator(prepared.tokenizer)
-    kwargs = {"path": path, "batch_size": cfg_stage.train.batch_size, "device": accelerator.device, "autocast": accelerator.autocast}
+    how = f"mixed_precision={accelerator.mixed_precision}; device={accelerator.device.type}"
+    path = reference_cache_path(reference_key(prepared.model_digest, examples, how))
     model.to(accelerator.device)
-
-    def compute() -> None:
-        precompute_reference(model, examples, collate, **kwargs)
-
-    on_main(accelerator, compute)
-    return precompute_reference(model, examples, collate, **kwargs)  # now a read on every process
+    return precompute_reference(model, examples, pair_collator(prepared.tokenizer), path=path, batch_size=cfg_stage.train.batch_size,
+                                device=accelerator.device, autocast=accelerator.autocast, state=accelerator)  # fmt: skip
 
 
 def train_experts(cfg: MidPOConfig, accelerator: Accelerator, prepared: Prepared, out: Path, callbacks=()) -> list[dict]:
     """Stage A: the safety expert, then the helpfulness expert; a finished one is skipped on resume."""
-    model = prepared.model
     for index, name in enumerate(EXPERTS):
-        stage_cfg, final = cfg.stage(name), out / "experts" / name
-        if expert_done(accelerator, final):
-            log.info("expert %r already trained: %s", name, final)
-            continue
-        examples = with_reference(stage_cfg, name, accelerator, prepared, model)
-        log.info("stage A: %s expert, SPE-DPO on %d pairs (margin: %s)", name, len(examples), stage_cfg.margin.source)
-        loss_fn = dpo_loss(stage_cfg.beta, stage_cfg.margin.direction, stage_cfg.margin.scale)
-        stage = partial(recipe_stage, out, f"expert:{name}", f"experts/{name}", examples=examples,
-                        collate=pair_collator(prepared.tokenizer), cfg=stage_cfg.train, loss_fn=loss_fn, callbacks=callbacks)  # fmt: skip
-        model = train_lora_expert(accelerator, model, stage_cfg.lora, stage_cfg.train.seed + index, final, stage)
-    prepared.model = model
+        train_expert(cfg.stage(name), name, index, accelerator, prepared, out / "experts" / name, out, callbacks)
     return [{"name": name, "path": f"experts/{name}"} for name in EXPERTS]
+
+
+def train_expert(stage_cfg: ExpertStage, name: str, index: int, accelerator: Accelerator, prepared: Prepared, final: Path,
+                 out: Path, callbacks=()) -> None:  # fmt: skip
+    """One LoRA trained by SPE-DPO on ``prepared.pairs[name]``, saved to ``final`` (skipped when it is
+    there); ``prepared.model`` is the base again afterwards."""
+    if expert_done(accelerator, final):
+        log.info("expert %r already trained: %s", name, final)
+        return
+    examples = with_reference(stage_cfg, name, accelerator, prepared, prepared.model)
+    log.info("stage A: %s expert, SPE-DPO on %d pairs (margin: %s)", name, len(examples), stage_cfg.margin.source)
+    loss_fn = dpo_loss(stage_cfg.beta, stage_cfg.margin.direction, stage_cfg.margin.scale)
+    stage = partial(recipe_stage, out, f"expert:{name}", f"experts/{name}", examples=examples,
+                    collate=pair_collator(prepared.tokenizer), cfg=stage_cfg.train, loss_fn=loss_fn, callbacks=callbacks)  # fmt: skip
+    prepared.model = train_lora_expert(accelerator, prepared.model, stage_cfg.lora, stage_cfg.train.seed + index, final, stage)
 
 
 def router_loss(beta: float, gate_coef: float):
@@ -308,4 +334,4 @@ def main(cfg: MidPOConfig, callbacks: Sequence[Callback] = ()) -> Path:
         mixture, stage = train_router(cfg, accelerator, prepared, out, experts, callbacks)
         write_mixture_artifact(accelerator, out, cfg, mixture=mixture, stage=stage, experts=experts, gate=cfg.router.gate)
 
-    return run_recipe(cfg, cfg.router.train.precision, lambda: prepare(cfg), train)
+    return run_recipe(cfg, cfg.router.train.precision, lambda accelerator: prepare(cfg, accelerator), train)

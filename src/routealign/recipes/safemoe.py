@@ -192,4 +192,4 @@ def main(cfg: SafeMoEConfig, callbacks: Sequence[Callback] = ()) -> Path:
         mixture, stage = train_router(cfg, accelerator, prepared, out, experts, callbacks)
         write_mixture_artifact(accelerator, out, cfg, mixture=mixture, stage=stage, experts=experts, gate=cfg.router.gate)
 
-    return run_recipe(cfg, cfg.experts.train.precision, lambda: prepare(cfg), train)
+    return run_recipe(cfg, cfg.experts.train.precision, lambda accelerator: prepare(cfg), train)

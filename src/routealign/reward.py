@@ -1,0 +1,62 @@
+"""Scores of (prompt, response) pairs from a reward or cost model: any transformers sequence-classification
+model with a single output (e.g. Skywork-Reward, OpenAssistant's DeBERTa reward model, or a beaver
+cost model exported to ``AutoModelForSequenceClassification``).
+
+The model reads the pair as a chat (its tokenizer's template: user turn, then assistant turn) or, with
+no template, as ``prompt`` and ``response`` separated by a blank line. What a higher score means (a
+reward: better; a cost: worse) is not the model's to say: the caller states it (MidPO's
+``margin.higher_is``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+
+def load_scorer(name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False, device: str | None = None):
+    """(model, tokenizer) of a one-output sequence classifier, in eval mode."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from .config import ConfigError
+    from .models.loading import pick_device
+
+    kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    model = AutoModelForSequenceClassification.from_pretrained(name_or_path, **kwargs)
+    if model.config.num_labels != 1:
+        raise ConfigError(
+            f"{name_or_path}: a reward or cost model has one output; this one has {model.config.num_labels} "
+            "(a classifier: use it as a routealign judge instead)"
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    # Too long a pair loses the start of its prompt, never the end of its response (what is scored).
+    tokenizer.truncation_side = "left"
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model.to(pick_device(device or "auto")).eval(), tokenizer
+
+
+def render(tokenizer, prompt: str, response: str) -> str:
+    if tokenizer.chat_template:
+        chat = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        return tokenizer.apply_chat_template(chat, tokenize=False)
+    return f"{prompt}\n\n{response}"
+
+
+@torch.no_grad()
+def score(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size: int = 8, max_length: int = 1024,
+          desc: str = "scoring") -> list[float]:  # fmt: skip
+    """The model's one output for each (prompt, response), in order."""
+    out: list[float] = []
+    for start in tqdm(range(0, len(pairs), batch_size), desc=desc, leave=False):
+        texts = [render(tokenizer, p, r) for p, r in pairs[start : start + batch_size]]
+        # The template already holds the special tokens; the tokenizer must not add a second BOS.
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt",
+                          add_special_tokens=not tokenizer.chat_template)  # fmt: skip
+        logits = model(**batch.to(model.device)).logits
+        out.extend(logits[:, 0].float().cpu().tolist())
+    return out
