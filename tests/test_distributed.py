@@ -121,3 +121,11 @@ def test_midpo_under_two_processes_shares_the_reference_work(tmp_path, tiny_mode
     cached = {tuple(load_file(str(f))["chosen"].tolist()) for f in files}
     expected = [e["ref_chosen"] for e in alone]
     assert any(list(c) == pytest.approx(expected, abs=1e-5) for c in cached)
+
+
+def test_map_shards_in_one_process_keeps_order_and_raises_as_is():
+    from routealign.distributed import map_shards
+
+    assert map_shards(None, [3, 1, 2], lambda part: [x * 10 for x in part]) == [30, 10, 20]
+    with pytest.raises(KeyError, match="boom"):
+        map_shards(None, [1], lambda part: (_ for _ in ()).throw(KeyError("boom")))

@@ -7,7 +7,7 @@ collective (a barrier, a broadcast) until the launcher kills them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -51,6 +51,40 @@ def on_main(state, fn: Callable[[], T]) -> T:
         known = _error_types()
         raise known[name](message) if name in known else RuntimeError(f"main process: {name}: {message}")
     return result
+
+
+def map_shards(state, items: Sequence[T], fn: Callable[[list[T]], list]) -> list:
+    """``fn`` over ``items`` shared out between the processes (process k takes items k, k + n, ...),
+    every process getting all the results in the order of ``items``. ``state`` is accelerate's
+    ``Accelerator`` or ``PartialState`` (or None: one process). A failure on any process is raised on
+    every process, as :func:`on_main` does, instead of leaving the others waiting in the gather."""
+    if state is None or state.num_processes == 1:
+        return list(fn(list(items)))
+    from accelerate.utils import gather_object
+
+    rank, world = state.process_index, state.num_processes
+    mine = list(range(rank, len(items), world))
+    error, out = None, []
+    try:
+        out = list(fn([items[i] for i in mine]))
+        if len(out) != len(mine):
+            raise ValueError(f"map_shards: {len(out)} results for {len(mine)} items")
+    except Exception as e:
+        error = e
+    failure = None if error is None else (type(error).__name__, str(error))
+    parts = gather_object([(mine, out, failure)])
+    if error is not None:
+        raise error
+    for _, _, failed in parts:
+        if failed is not None:
+            name, message = failed
+            known = _error_types()
+            raise known[name](message) if name in known else RuntimeError(f"another process: {name}: {message}")
+    results: list = [None] * len(items)
+    for indices, values, _ in parts:
+        for i, value in zip(indices, values, strict=True):
+            results[i] = value
+    return results
 
 
 @contextmanager

@@ -133,27 +133,23 @@ def precompute_reference(
     reference log-probs are computed alike. ``state`` (accelerate's ``Accelerator`` or
     ``PartialState``): with several processes each computes its share of the pairs and all of them
     get the whole result (the main process writes the file), so no process waits idle on another."""
-    from accelerate.utils import broadcast_object_list, gather_object
+    from .distributed import map_shards, on_main
 
-    rank, world = (state.process_index, state.num_processes) if state is not None else (0, 1)
-    found = [path.is_file()]
-    if world > 1:
-        broadcast_object_list(found, from_process=0)  # every process takes the same branch
-    if found[0]:
+    found = on_main(state, path.is_file) if state is not None else path.is_file()  # one branch for all
+    if found:
         tensors = load_file(str(path))
         if tensors["chosen"].shape != (len(examples),):
             raise ValueError(f"{path}: holds {tensors['chosen'].shape[0]} pairs, the data has {len(examples)}; delete it")
         log.info("reference log-probs of %d pairs read from %s", len(examples), path)
     else:
-        mine = list(range(rank, len(examples), world))
-        chosen, rejected = _compute(model, [examples[i] for i in mine], collate, batch_size, device, autocast)
-        parts = [(mine, chosen.tolist(), rejected.tolist())]
-        if world > 1:
-            parts = gather_object(parts)
-        tensors = {"chosen": torch.zeros(len(examples)), "rejected": torch.zeros(len(examples))}
-        for index, c, r in parts:
-            tensors["chosen"][index], tensors["rejected"][index] = torch.tensor(c), torch.tensor(r)
-        if rank == 0:
+
+        def compute(part: list[dict]) -> list[tuple[float, float]]:
+            chosen, rejected = _compute(model, part, collate, batch_size, device, autocast)
+            return list(zip(chosen.tolist(), rejected.tolist(), strict=True))
+
+        pairs = map_shards(state, list(examples), compute)
+        tensors = {"chosen": torch.tensor([c for c, _ in pairs]), "rejected": torch.tensor([r for _, r in pairs])}
+        if state is None or state.is_main_process:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             save_file(tensors, str(tmp), metadata={"pairs": str(len(examples)), "format": str(REFERENCE_FORMAT)})

@@ -31,7 +31,7 @@ from accelerate import Accelerator
 from ..config import ConfigError, GateConfig, LoraConfig, ModelConfig, TrainConfig
 from ..data import DataConfig, PreferencePair, load_preferences
 from ..data.collate import encode_pairs, ensure_chat_template, pair_collator
-from ..distributed import on_main
+from ..distributed import map_shards, on_main
 from ..dpo import (
     dpo_loss,
     pair_logps,
@@ -215,10 +215,10 @@ def prepare(cfg: MidPOConfig, accelerator: Accelerator) -> Prepared:
     for name, rows in records.items():
         stage = cfg.stage(name)
         margin = stage.margin.source if isinstance(stage, ExpertStage) else "none"
-        finished = (Path(cfg.output_dir) / "experts" / name / "adapter_config.json").is_file()
+        finished = on_main(accelerator, (Path(cfg.output_dir) / "experts" / name / "adapter_config.json").is_file)
         if margin != "none" and not finished:
-            # Scored once, on the main process; every process gets the scores.
-            scores = on_main(accelerator, lambda rows=rows, stage=stage, name=name: margin_scores(rows, stage.margin, name))
+            # Each process scores its share; every process gets all the scores.
+            scores = map_shards(accelerator, rows, lambda part, stage=stage, name=name: margin_scores(part, stage.margin, name))
             for pair, (chosen, rejected) in zip(rows, scores, strict=True):
                 pair.chosen_score, pair.rejected_score = chosen, rejected
         pairs[name] = encode_pairs(rows, tokenizer, stage.train.max_length, from_divergence=stage.from_divergence,
