@@ -207,6 +207,9 @@ def test_reward_model_scores_each_pair_as_a_chat(reward_model_dir):
         assert text.startswith("<|im_start|>user\nIs water wet?") or "Name a colour." in text
         ids = tok(text, return_tensors="pt", add_special_tokens=False)
         assert value == pytest.approx(model(**ids).logits[0, 0].item(), abs=1e-5)
+    # A system prompt is part of what the reward model reads.
+    assert render(tok, "Hi?", "Hello.", "Be brief.").startswith("<|im_start|>system\nBe brief.<|im_end|>")
+    assert score(model, tok, [("Hi?", "Hello.", "Be brief.")]) != score(model, tok, [("Hi?", "Hello.")])
 
 
 def test_margin_from_a_reward_model(tmp_path, tiny_model_dir, reward_model_dir, cache):

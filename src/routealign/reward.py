@@ -40,20 +40,22 @@ def load_scorer(name_or_path: str, *, revision: str | None = None, trust_remote_
     return model.to(pick_device(device or "auto")).eval(), tokenizer
 
 
-def render(tokenizer, prompt: str, response: str) -> str:
+def render(tokenizer, prompt: str, response: str, system: str | None = None) -> str:
     if tokenizer.chat_template:
         chat = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        if system:
+            chat.insert(0, {"role": "system", "content": system})
         return tokenizer.apply_chat_template(chat, tokenize=False)
-    return f"{prompt}\n\n{response}"
+    return "\n\n".join(part for part in (system, prompt, response) if part)
 
 
 @torch.no_grad()
-def score(model, tokenizer, pairs: Sequence[tuple[str, str]], *, batch_size: int = 8, max_length: int = 1024,
-          desc: str = "scoring") -> list[float]:  # fmt: skip
-    """The model's one output for each (prompt, response), in order."""
+def score(model, tokenizer, pairs: Sequence[tuple[str, str] | tuple[str, str, str | None]], *, batch_size: int = 8,
+          max_length: int = 1024, desc: str = "scoring") -> list[float]:  # fmt: skip
+    """The model's one output for each (prompt, response) or (prompt, response, system), in order."""
     out: list[float] = []
     for start in tqdm(range(0, len(pairs), batch_size), desc=desc, leave=False):
-        texts = [render(tokenizer, p, r) for p, r in pairs[start : start + batch_size]]
+        texts = [render(tokenizer, *pair) for pair in pairs[start : start + batch_size]]
         # The template already holds the special tokens; the tokenizer must not add a second BOS.
         batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt",
                           add_special_tokens=not tokenizer.chat_template)  # fmt: skip

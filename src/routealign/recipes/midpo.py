@@ -238,11 +238,11 @@ def margin_scores(pairs: list[PreferencePair], margin: MarginConfig, stage: str)
                         f"(map the score columns with {stage}.data.columns)"
                     )
         return [(p.chosen_score, p.rejected_score) for p in pairs]
-    sides = [(p.prompt, getattr(p, side)) for p in pairs for side in ("chosen", "rejected")]
+    sides = [(p.prompt, getattr(p, side), p.system) for p in pairs for side in ("chosen", "rejected")]
     if margin.source == "judge":
         from ..judges import JudgeInput, get_judge, judge_all
 
-        verdicts = judge_all(get_judge(margin.judge, **margin.judge_options), [JudgeInput(*s) for s in sides],
+        verdicts = judge_all(get_judge(margin.judge, **margin.judge_options), [JudgeInput(p, r) for p, r, _ in sides],
                              desc=f"{stage}: margin scores")  # fmt: skip
         flat = [v.score for v in verdicts]
     elif margin.source == "model":
