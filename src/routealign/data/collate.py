@@ -57,15 +57,22 @@ def prompt_ids(tokenizer, prompt: str, system: str | None = None) -> list[int]:
     return _ids(tokenizer, messages(prompt, system), add_generation_prompt=True)
 
 
+def _answered_ids(tokenizer, prompt: list[int], text: str, system: str | None, response: str, where: str) -> list[int]:
+    """Token ids of the chat with ``response`` as the assistant's answer; they must start with the
+    prompt's own ids (``prompt``), or the answer's tokens could not be told apart from the prompt's."""
+    full = _ids(tokenizer, messages(text, system, response), add_generation_prompt=False)
+    if full[: len(prompt)] != prompt:
+        raise DataError(
+            f"{where}: the chat template renders the prompt differently with and without an answer, so the "
+            "answer's tokens cannot be located; set model.chat_template to one that does not"
+        )
+    return full
+
+
 def encode_sft(example: SFTExample, tokenizer, max_length: int) -> dict[str, list[int]] | None:
     """input_ids and labels for one example, the prompt masked out; None when no response token fits."""
     prompt = prompt_ids(tokenizer, example.prompt, example.system)
-    full = _ids(tokenizer, messages(example.prompt, example.system, example.response), add_generation_prompt=False)
-    if full[: len(prompt)] != prompt:
-        raise DataError(
-            f"{example.source or 'example'}: the chat template renders the prompt differently with and without "
-            "an answer, so the answer's tokens cannot be located; set model.chat_template to one that does not"
-        )
+    full = _answered_ids(tokenizer, prompt, example.prompt, example.system, example.response, example.source or "example")
     full = full[:max_length]
     labels = [IGNORE] * len(prompt) + full[len(prompt) :]
     labels = labels[: len(full)]
@@ -106,15 +113,11 @@ def encode_pair(pair: PreferencePair, tokenizer, max_length: int, *, from_diverg
     prompt = prompt_ids(tokenizer, pair.prompt, pair.system)
     if len(prompt) >= max_length:
         return None
-    sides = {}
-    for side in ("chosen", "rejected"):
-        full = _ids(tokenizer, messages(pair.prompt, pair.system, getattr(pair, side)), add_generation_prompt=False)
-        if full[: len(prompt)] != prompt:
-            raise DataError(
-                f"{pair.source or 'a preference pair'}: the chat template renders the prompt differently with and "
-                "without an answer, so the answer's tokens cannot be located; set model.chat_template to one that does not"
-            )
-        sides[side] = full[:max_length]
+    where = pair.source or "a preference pair"
+    sides = {
+        side: _answered_ids(tokenizer, prompt, pair.prompt, pair.system, getattr(pair, side), where)[:max_length]
+        for side in ("chosen", "rejected")
+    }
     start = len(prompt)
     if from_divergence:
         chosen, rejected = sides["chosen"], sides["rejected"]

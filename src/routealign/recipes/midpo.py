@@ -34,13 +34,11 @@ from ..data.collate import encode_pairs, ensure_chat_template, pair_collator
 from ..distributed import map_shards, on_main
 from ..dpo import (
     dpo_loss,
-    pair_logps,
     precompute_reference,
     reference_cache_path,
     reference_key,
-    reference_logps,
 )
-from ..losses import gate_regulariser, spe_dpo_loss
+from ..losses import gate_regulariser
 from ..models.loading import load_model, load_tokenizer
 from ..models.mixture import attach_mixture, read_peft_expert
 from ..training import Callback, run_stage
@@ -294,20 +292,19 @@ def train_expert(stage_cfg: ExpertStage, name: str, index: int, accelerator: Acc
 def router_loss(beta: float, gate_coef: float):
     """DPO of the gated mixture against the base (experts off), plus λ·(mean|a| + mean|b − 1|)
     averaged over the adapted modules, padding excluded."""
+    dpo = dpo_loss(beta)
 
     def loss_fn(model, batch: dict):
         mixture = getattr(model, "module", model).routealign_mixture
+        # Only the policy pass records gates: the live reference runs with the experts off.
         with mixture.collecting() as gates:
-            policy_chosen, policy_rejected = pair_logps(model, batch)
-        ref_chosen, ref_rejected = reference_logps(model, batch)
-        out = spe_dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=beta)
+            loss, metrics = dpo(model, batch)
         mask = batch["attention_mask"]
         reg = torch.stack([gate_regulariser(g[..., 0], g[..., 1], mask) for g in gates]).mean()
-        metrics = out.metrics()
         keep = mask.bool()
         metrics["gate/safety"] = torch.stack([g[..., 0][keep].mean() for g in gates]).mean().item()
         metrics["gate/helpfulness"] = torch.stack([g[..., 1][keep].mean() for g in gates]).mean().item()
-        return out.loss + gate_coef * reg, metrics
+        return loss + gate_coef * reg, metrics
 
     return loss_fn
 
