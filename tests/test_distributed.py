@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,3 +130,80 @@ def test_map_shards_in_one_process_keeps_order_and_raises_as_is():
     assert map_shards(None, [3, 1, 2], lambda part: [x * 10 for x in part]) == [30, 10, 20]
     with pytest.raises(KeyError, match="boom"):
         map_shards(None, [1], lambda part: (_ for _ in ()).throw(KeyError("boom")))
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="the accelerate CLI is not on PATH")
+def test_rasa_under_two_processes(tmp_path):
+    """Stage 0 answers shared out, stage 2 under DDP with deltas (a chosen expert a batch never reaches
+    still joins the gradient reduction), stage 3 on the routers; one model saved."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.helpers import rasa_config, tiny_moe_dir
+
+    moe_dir = tiny_moe_dir(tmp_path, "qwen3_moe", num_experts=8, top_k=2)
+    data = rasa_config(tmp_path, moe_dir, rounds=1)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(data))
+    cmd = _two_process_train(tmp_path / "cfg.yaml")
+    cmd = cmd[: cmd.index("-m")] + [str(_rasa_script(tmp_path, tmp_path / "cfg.yaml"))]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "run"
+    assert json.loads((out / "pairs_report.json").read_text())["refusal-suppression"]["qualified"] == 6
+    chosen = {tuple(s) for s in json.loads((out / "experts.json").read_text())["chosen"]}
+    before = AutoModelForCausalLM.from_pretrained(moe_dir).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(out / "model").state_dict()
+    changed = {(layer, e) for layer in (0, 1) for name in ("gate_up_proj", "down_proj")
+               for e in range(8) if not torch.equal(before[f"model.layers.{layer}.mlp.experts.{name}"][e],
+                                                    after[f"model.layers.{layer}.mlp.experts.{name}"][e])}  # fmt: skip
+    assert changed == chosen
+    assert all(not torch.equal(before[k], after[k]) for k in before if k.endswith("mlp.gate.weight"))
+    frozen = [k for k in before if ".mlp.experts." not in k and not k.endswith("mlp.gate.weight")]
+    assert [k for k in frozen if not torch.equal(before[k], after[k])] == []
+
+
+def _rasa_script(tmp_path, config) -> Path:
+    """A script running RASA on ``config`` with the test judge registered (``routealign train`` knows
+    only the built-in judges)."""
+    repo = Path(__file__).resolve().parents[1]
+    script = tmp_path / "run_rasa.py"
+    script.write_text(
+        f"import sys\nsys.path.insert(0, {str(repo)!r})\n"
+        "from routealign.judges.base import JUDGES\nfrom tests.helpers import FirstSeenRefused\n"
+        "FirstSeenRefused.name = 'first-seen-refused'\nJUDGES['first-seen-refused'] = FirstSeenRefused\n"
+        "from routealign.config import load_config\nfrom routealign.recipes.rasa import RASAConfig, main\n"
+        f"main(load_config(RASAConfig, {str(config)!r}))\n"
+    )
+    return script
+
+
+def test_rasa_on_a_bf16_model_trains_float32_master_weights_and_saves_bf16(tmp_path):
+    """Its own process: accelerate fixes mixed precision once per process."""
+    from transformers import AutoModelForCausalLM
+
+    from routealign.config import ConfigError
+    from routealign.judges.base import JUDGES
+    from routealign.recipes.rasa import RASAConfig, main
+    from tests.helpers import FirstSeenRefused, rasa_config, tiny_moe_dir
+
+    moe_dir = tiny_moe_dir(tmp_path, "olmoe", num_experts=8, top_k=2)
+    JUDGES["first-seen-refused"], FirstSeenRefused.name = FirstSeenRefused, "first-seen-refused"
+    try:
+        with pytest.raises(ConfigError, match="the model is torch.bfloat16; train it under bf16 or fp16 autocast"):
+            main(load_config(RASAConfig, data=rasa_config(tmp_path, moe_dir, model={"dtype": "bfloat16"})))
+    finally:
+        del JUDGES["first-seen-refused"]
+    # Router weights ~ N(0, 0.5): AdamW moves each by about lr a step, 4e-4 < half a bf16 rounding step for
+    # |w| ≥ 0.125, so without float32 master weights most would never move; four steps add up to more.
+    bf16 = {"lr": 4e-4, "max_steps": 4, "batch_size": 2, "max_length": 512, "precision": "bf16", "scheduler": "constant"}
+    data = rasa_config(tmp_path, moe_dir, model={"dtype": "bfloat16"}, repair={"train": bf16}, routing={"train": bf16},
+                       rounds=1, output_dir=str(tmp_path / "bf16"))  # fmt: skip
+    (tmp_path / "bf16.yaml").write_text(yaml.safe_dump(data))
+    proc = subprocess.run([sys.executable, str(_rasa_script(tmp_path, tmp_path / "bf16.yaml"))], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before = {k: v.to(torch.bfloat16) for k, v in AutoModelForCausalLM.from_pretrained(moe_dir).state_dict().items()}
+    after = AutoModelForCausalLM.from_pretrained(tmp_path / "bf16" / "model", dtype="auto").state_dict()
+    assert {v.dtype for v in after.values()} == {torch.bfloat16}
+    routers = [k for k in before if k.endswith("mlp.gate.weight")]
+    assert all((before[k] != after[k]).float().mean() > 0.5 for k in routers)

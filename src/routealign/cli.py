@@ -266,6 +266,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "eval": ("evaluate a model or artifact: safety, over-refusal, capability, with a report", _lazy(".evaluation.runner", "add_eval_args"), _lazy(".evaluation.runner", "cmd_eval")),
     "judge": ("judge (prompt, response) JSONL with a named judge; `judge fit` trains the minilm head", _lazy(".judges.cli", "add_judge_args"), _lazy(".judges.cli", "cmd_judge")),
     "report": ("rebuild report.md/.html of an eval run", _lazy(".evaluation.report", "add_report_args"), _lazy(".evaluation.report", "cmd_report")),
+    "moefy": ("convert a dense Llama-style model into an equivalent Mixtral MoE (E experts, top-k)", _lazy(".models.moefy", "add_moefy_args"), _lazy(".models.moefy", "cmd_moefy")),
     "compare": ("put several eval runs side by side", _lazy(".evaluation.report", "add_compare_args"), _lazy(".evaluation.report", "cmd_compare")),
 }
 

@@ -22,6 +22,8 @@ class Generation:
     tokens: list[str]
     routes: list[str] | None = None
     """Per generated token, the expert with the largest mean gate weight across adapted layers."""
+    ids: list[int] | None = None
+    """The generated token ids, up to (not including) the end of the answer."""
 
 
 def route_names(mixture: Mixture) -> list[str]:
@@ -75,7 +77,7 @@ def generate(
             if routing:
                 names = route_names(mixture)
                 routes = [names[int(steps[t][i].argmax())] for t in range(len(ids))]
-            results.append(Generation(prompt, tokenizer.decode(ids, skip_special_tokens=True).strip(), tokens, routes))
+            results.append(Generation(prompt, tokenizer.decode(ids, skip_special_tokens=True).strip(), tokens, routes, ids))
         if on_batch is not None:
             on_batch(results[start:])
     return results

@@ -1,4 +1,5 @@
-"""Regularisers on gate probabilities (SafeMoE stage B; both off by default).
+"""Regularisers on gate probabilities (SafeMoE stage B; both off by default), and RASA's routing
+consistency loss on a native MoE model's router logits.
 
 ``probs`` are softmax outputs ``[..., n]`` over the n gate outputs (experts, plus the null expert when
 it is on); ``mask`` marks the positions that count (padding excluded).
@@ -44,3 +45,27 @@ def routing_regulariser(
         if entropy_coef:
             total = total + entropy_coef * gate_entropy(p, mask)
     return total / len(probs)
+
+
+def mean_routing(logits: torch.Tensor, mask: torch.Tensor, scoring: str = "softmax") -> torch.Tensor:
+    """``logits [B, T, E]`` of one router, ``mask [B, T]`` → ``q [E]``: the router's distribution over
+    experts averaged over each sample's counted positions, then over samples (a long jailbreak prompt
+    weighs as much as a short plain one). ``scoring`` is how the router scores experts: ``softmax``, or
+    ``sigmoid`` (DeepSeek-V3), whose scores are normalised to sum to 1."""
+    if scoring == "softmax":
+        probs = torch.softmax(logits.float(), dim=-1)
+    elif scoring == "sigmoid":
+        scores = torch.sigmoid(logits.float())
+        probs = scores / scores.sum(-1, keepdim=True)
+    else:
+        raise ValueError(f"mean_routing: scoring must be 'softmax' or 'sigmoid', got {scoring!r}")
+    mask = mask.to(probs.dtype).unsqueeze(-1)
+    per_sample = (probs * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+    return per_sample.mean(0)
+
+
+def routing_kl(plain: torch.Tensor, jailbreak: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """RASA's routing-consistency loss: ``(1/L) Σ_l KL(q_l(plain) ‖ q_l(jailbreak))`` for ``[L, E]``
+    mean routing distributions. The caller detaches ``plain`` (it is the target)."""
+    p, q = plain.float(), jailbreak.float()
+    return (p * (torch.log(p.clamp_min(eps)) - torch.log(q.clamp_min(eps)))).sum(-1).mean()

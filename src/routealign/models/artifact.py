@@ -79,7 +79,8 @@ def read_manifest(folder: str | Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != "routealign-artifact" or manifest.get("format_version", 0) > FORMAT_VERSION:
         shown = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise MixtureError(f"{path}: unknown artifact format {shown!r}")
-    missing = [key for key in ("model", "experts", "gate") if not isinstance(manifest.get(key), dict | list)]
+    required = ("model",) if manifest.get("recipe") in MODEL_RECIPES else ("model", "experts", "gate")
+    missing = [key for key in required if not isinstance(manifest.get(key), dict | list)]
     if missing:
         raise MixtureError(f"{path}: the manifest lacks {', '.join(missing)}")
     return manifest
@@ -97,7 +98,10 @@ def model_config(folder: str | Path, *, trust_remote_code: bool = False, **overr
     caller's decision alone, and an attention backend other than transformers' built-in ones is refused.
     """
     where = Path(folder) / MANIFEST
-    data = dict(read_manifest(folder)["model"])
+    manifest = read_manifest(folder)
+    data = dict(manifest["model"])
+    if manifest.get("recipe") in MODEL_RECIPES:  # the trained weights themselves, inside the folder
+        data.update(name_or_path=str(Path(folder) / MODEL_FOLDER), gguf_file=None, revision=None)
     if data.get("attn_implementation") not in SAFE_ATTENTION:
         raise MixtureError(
             f"{where}: model.attn_implementation {data['attn_implementation']!r} is not a built-in backend "
@@ -134,6 +138,9 @@ def gate_config(manifest: dict, where: str) -> GateConfig:
 
 MIXTURE_RECIPES = ("safemoe", "midpo")
 """Recipes whose artifact is LoRA experts behind gates (SafeMoE: softmax + null expert; MidPO: sigmoids)."""
+MODEL_RECIPES = ("rasa",)
+"""Recipes whose artifact is a whole transformers model folder (``model/`` inside the artifact)."""
+MODEL_FOLDER = "model"
 
 
 def load(
@@ -144,7 +151,11 @@ def load(
     recipe = manifest.get("recipe")
     if recipe in MIXTURE_RECIPES:
         return load_mixture(folder, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    raise MixtureError(f"{Path(folder) / MANIFEST}: recipe {recipe!r} is not one this routealign loads ({', '.join(MIXTURE_RECIPES)})")
+    if recipe in MODEL_RECIPES:  # the artifact holds a whole transformers model
+        cfg = model_config(folder, trust_remote_code=trust_remote_code, device=device, dtype=dtype)
+        return load_model(cfg, device=cfg.device).requires_grad_(False).eval()
+    known = ", ".join((*MIXTURE_RECIPES, *MODEL_RECIPES))
+    raise MixtureError(f"{Path(folder) / MANIFEST}: recipe {recipe!r} is not one this routealign loads ({known})")
 
 
 def load_mixture(

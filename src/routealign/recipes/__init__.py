@@ -5,10 +5,10 @@ from __future__ import annotations
 from types import ModuleType
 
 from ..config import ConfigError, load_config, read_yaml
-from . import midpo, safemoe
+from . import midpo, rasa, safemoe
 
-RECIPES: dict[str, ModuleType] = {"safemoe": safemoe, "midpo": midpo}
-CONFIG_CLASSES = {"safemoe": safemoe.SafeMoEConfig, "midpo": midpo.MidPOConfig}
+RECIPES: dict[str, ModuleType] = {"safemoe": safemoe, "midpo": midpo, "rasa": rasa}
+CONFIG_CLASSES = {"safemoe": safemoe.SafeMoEConfig, "midpo": midpo.MidPOConfig, "rasa": rasa.RASAConfig}
 
 
 def load_recipe_config(path: str, overrides: list[str] | None = None):

@@ -80,9 +80,12 @@ def finished_or_refused(out: Path, cfg) -> bool:
 
 
 def trained_anything(out: Path) -> bool:
-    """A finished expert, a checkpoint or an artifact: work that a different config must not mix with."""
+    """A finished expert, a checkpoint, RASA's pairs or stage state, or an artifact: work that a
+    different config must not mix with."""
     return (
         (out / MANIFEST).is_file()
+        or (out / "pairs.jsonl").is_file()
+        or (out / "state" / "trained.safetensors").is_file()
         or any(out.glob("experts/*/adapter_config.json"))
         or any((out / "checkpoints").rglob("trainer_state.json"))
     )
