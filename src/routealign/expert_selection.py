@@ -104,7 +104,7 @@ def heatmap(selection: Selection, path: Path, layer_ids: Sequence[int] | None = 
     bound = float(rd.abs().max()) or 1.0
     image = ax.imshow(rd.numpy(), cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto", interpolation="nearest")
     for layer, expert in selection.union:
-        ax.add_patch(plt.Rectangle((expert - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=1.2))
+        ax.add_patch(plt.Rectangle((expert - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="#00b000", linewidth=1.6))
     ax.set_xlabel("expert")
     ax.set_ylabel("MoE layer")
     if layer_ids is not None:

@@ -537,7 +537,7 @@ def write_report(out: Path, cfg: RASAConfig, pairs: list[Pair], chosen: list[tup
     for line in log_file.read_text().splitlines() if log_file.is_file() else []:
         entry = json.loads(line)
         stages.setdefault(entry["stage"], []).append(entry)
-    lines += [f"| {name} | {e[-1]['step']} | {e[0]['loss']:.4f} | {e[-1]['loss']:.4f} |" for name, e in stages.items()]
+    lines += [f"| {name} | {e[-1]['step']} | {e[0]['loss']:.4g} | {e[-1]['loss']:.4g} |" for name, e in stages.items()]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
 
 
