@@ -70,7 +70,7 @@ def _memory(device: str) -> int:
 
 def run_variant(variant: str, shape: dict, share: float, steps: int, warmup: int, device: str, checkpointing: bool) -> dict:
     """Train ``variant`` for warmup + steps optimiser steps in this process; memory and times."""
-    from routealign.expert_selection import random_slots
+    from routealign.expert_selection import by_layer, random_slots
     from routealign.models.moe import expert_deltas, moe_view
 
     model = build(shape, device)
@@ -81,9 +81,7 @@ def run_variant(variant: str, shape: dict, share: float, steps: int, warmup: int
     held = _memory(device)
     view = moe_view(model)
     slots = random_slots(view.shape, max(1, round(share * view.shape[0] * view.shape[1])), seed=0)
-    chosen: dict[int, list[int]] = {}
-    for layer, expert in slots:
-        chosen.setdefault(layer, []).append(expert)
+    chosen = by_layer(slots)
     model.requires_grad_(variant == "full")
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from routealign.expert_selection import (
+    by_layer,
     frequencies,
     random_slots,
     risk_difference,
@@ -66,7 +67,7 @@ def test_selection_is_the_union_of_per_batch_top_n():
     selection = select_experts(jb, plain, top_n=1, batch_size=1)
     assert selection.batches == [[(0, 0)], [(0, 1)]]
     assert selection.union == [(0, 0), (0, 1)] and selection.global_top == [(0, 0)]
-    assert selection.by_layer(selection.union) == {0: [0, 1]}
+    assert by_layer(selection.union) == {0: [0, 1]}
 
 
 def test_random_slots_are_distinct_and_seeded():

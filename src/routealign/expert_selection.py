@@ -51,13 +51,6 @@ class Selection:
     union: list[tuple[int, int]] = field(default_factory=list)
     """Every slot chosen in some batch (the authors' set), sorted."""
 
-    def by_layer(self, slots: Sequence[tuple[int, int]]) -> dict[int, list[int]]:
-        """{MoE layer position: [expert ids]} for :func:`routealign.models.moe.expert_deltas`."""
-        found: dict[int, list[int]] = {}
-        for layer, expert in slots:
-            found.setdefault(layer, []).append(expert)
-        return {k: sorted(v) for k, v in sorted(found.items())}
-
     def to_dict(self) -> dict:
         return {
             "shape": list(self.shape), "top_n": self.top_n, "union": [list(s) for s in self.union],
@@ -83,6 +76,15 @@ def select_experts(jailbreak: tuple[torch.Tensor, torch.Tensor], plain: tuple[to
         union.update(chosen)
     selection.union = sorted(union)
     return selection
+
+
+def by_layer(slots: Sequence[tuple[int, int]]) -> dict[int, list[int]]:
+    """(layer, expert) slots as {MoE layer position: [expert ids]}, for
+    :func:`routealign.models.moe.expert_deltas`."""
+    found: dict[int, list[int]] = {}
+    for layer, expert in slots:
+        found.setdefault(layer, []).append(expert)
+    return {k: sorted(v) for k, v in sorted(found.items())}
 
 
 def random_slots(shape: tuple[int, int], n: int, seed: int) -> list[tuple[int, int]]:

@@ -33,6 +33,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +48,12 @@ from ..data import DataConfig, load_prompts
 from ..data.collate import encode_all, ensure_chat_template, prompt_ids, sft_collator
 from ..data.records import SFTExample
 from ..distributed import map_shards
-from ..expert_selection import Selection, heatmap, random_slots, select_experts
+from ..expert_selection import Selection, by_layer, heatmap, random_slots, select_experts
 from ..io import atomic_dir, atomic_write_json, atomic_write_text
 from ..losses import mean_routing, routing_kl
 from ..models.artifact import FORMAT_VERSION, MANIFEST, MODEL_FOLDER
 from ..models.loading import load_model, load_tokenizer
-from ..models.moe import RouterTrace, expert_deltas, merged_state_dict, moe_view, routed_generate
+from ..models.moe import MoEView, RouterTrace, expert_deltas, merged_state_dict, moe_view, routed_generate
 from ..training import Callback, clear_checkpoint, run_stage
 from .common import recipe_stage, run_recipe
 
@@ -387,9 +388,8 @@ def routing_collator(tokenizer):
     return collate
 
 
-def layer_routing(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def layer_routing(view: MoEView, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """``[L, E]``: each MoE layer's mean routing distribution over these prompts (losses.mean_routing)."""
-    view = moe_view(model)
     with RouterTrace(view, logits=True) as trace:
         model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1)
     rows, width = input_ids.shape
@@ -397,10 +397,11 @@ def layer_routing(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) 
     return torch.stack([mean_routing(torch.cat(calls).view(rows, width, -1), attention_mask, scoring) for calls in trace.logits])
 
 
-def routing_loss(model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+def routing_loss(view: MoEView, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    """Stage 3's loss; ``view`` (of the model being trained) is bound once, not found at every step."""
     with torch.no_grad():
-        plain = layer_routing(model, batch["plain_input_ids"], batch["plain_attention_mask"])
-    jailbreak = layer_routing(model, batch["jailbreak_input_ids"], batch["jailbreak_attention_mask"])
+        plain = layer_routing(view, model, batch["plain_input_ids"], batch["plain_attention_mask"])
+    jailbreak = layer_routing(view, model, batch["jailbreak_input_ids"], batch["jailbreak_attention_mask"])
     loss = routing_kl(plain, jailbreak)
     return loss, {"routing/kl": float(loss.detach())}
 
@@ -491,7 +492,8 @@ def train_rounds(cfg: RASAConfig, accelerator: Accelerator, prepared: Prepared, 
             stages.append(("repair", list(model.parameters()) if cfg.repair.mode == "full" else deltas,
                            repair_data, sft_collator(tokenizer), cfg.repair.train, sft_loss))  # fmt: skip
         if cfg.routing.enabled:
-            stages.append(("routing", view.router_parameters(), routing_data, routing_collator(tokenizer), cfg.routing.train, routing_loss))
+            stages.append(("routing", view.router_parameters(), routing_data, routing_collator(tokenizer), cfg.routing.train,
+                           partial(routing_loss, view)))  # fmt: skip
         for name, params, examples, collate, train_cfg, loss_fn in stages:
             key = f"round{r}/{name}"
             if key in done:
@@ -548,11 +550,8 @@ def main(cfg: RASAConfig, callbacks: Sequence[Callback] = ()) -> Path:
         pairs, routing = stage_pairs(cfg, accelerator, prepared, out)
         view = moe_view(prepared.model)
         _, chosen = stage_selection(cfg, accelerator, prepared.model, routing, out)
-        by_layer: dict[int, list[int]] = {}
-        if cfg.repair.enabled and cfg.repair.mode == "experts":
-            for layer, expert in chosen:
-                by_layer.setdefault(layer, []).append(expert)
-        with expert_deltas(view, by_layer):
+        repaired = chosen if cfg.repair.enabled and cfg.repair.mode == "experts" else []
+        with expert_deltas(view, by_layer(repaired)):
             dtypes = train_rounds(cfg, accelerator, prepared, pairs, out, callbacks)
             save_model(accelerator, prepared.model, prepared.tokenizer, out, dtypes)
         if accelerator.is_main_process:
