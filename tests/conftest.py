@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from routealign.models.tiny import byte_tokenizer, tiny_llama
-from tests.helpers import make_peft_experts
+from tests.helpers import group_umask, make_peft_experts  # noqa: F401 - group_umask is a fixture
 
 
 @pytest.fixture

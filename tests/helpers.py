@@ -172,3 +172,27 @@ def rasa_config(root: Path, model_dir: Path, *, refuse: bool = True, **sections)
     for key, value in sections.items():
         cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
     return cfg
+
+
+def modes_not_from_umask(root: Path, umask: int) -> list[str]:
+    """Files and folders under ``root`` whose permissions are not what ``open``/``mkdir`` give under ``umask``."""
+    import os
+    import stat
+
+    wrong = []
+    for path in [root, *root.rglob("*")]:
+        want = (0o777 if path.is_dir() else 0o666) & ~umask
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        if mode != want:
+            wrong.append(f"{path.relative_to(root)}: {oct(mode)}")
+    return wrong
+
+
+@pytest.fixture
+def group_umask():
+    """A team's group-writable umask for the test, restored after it."""
+    import os
+
+    old = os.umask(0o002)
+    yield 0o002
+    os.umask(old)

@@ -64,10 +64,17 @@ def test_expert_paths_outside_the_artifact_are_refused(artifact, tmp_path, path)
         routealign.load(artifact, device="cpu")
 
 
-def test_a_hub_attention_kernel_in_a_manifest_is_refused(artifact):
-    _edit_manifest(artifact, lambda m: m["model"].update(attn_implementation="kernels-community/flash-attn"))
-    with pytest.raises(MixtureError, match="not a built-in backend"):
+@pytest.mark.parametrize("backend", ["kernels-community/flash-attn", "flash_attention_2", "flash_attention_3", "flex_attention"])
+def test_a_hub_attention_kernel_in_a_manifest_is_refused(artifact, backend):
+    """With the ``kernels`` package installed, transformers fetches flash attention from the hub: remote code."""
+    _edit_manifest(artifact, lambda m: m["model"].update(attn_implementation=backend))
+    with pytest.raises(MixtureError, match=rf"model.attn_implementation '{backend}' is not a built-in backend \(eager, sdpa\)"):
         routealign.load(artifact, device="cpu")
+
+
+def test_built_in_attention_in_a_manifest_loads(artifact):
+    _edit_manifest(artifact, lambda m: m["model"].update(attn_implementation="eager"))
+    assert routealign.load(artifact, device="cpu").config._attn_implementation == "eager"
 
 
 def test_weights_load_from_safetensors_only(artifact, tiny_model_dir):

@@ -19,6 +19,16 @@ def test_every_command_is_documented_in_the_readme_and_no_other():
     assert documented == set(COMMANDS)
 
 
+def test_every_test_the_readme_names_for_a_promise_exists():
+    text = README.read_text()
+    section = text[text.index("### What routealign promises"):text.index("## Results")]
+    named = re.findall(r"`(tests/test_\w+\.py)::(\w+)`", section)
+    assert len(named) >= 20
+    root = README.parent
+    missing = [f"{f}::{name}" for f, name in named if f"\ndef {name}(" not in (root / f).read_text()]
+    assert missing == []
+
+
 def test_generate_writes_jsonl_with_routes(artifact, tmp_path, capsys):
     out = tmp_path / "gen.jsonl"
     rc = main(["generate", "--artifact", str(artifact), "--prompt", "acid?", "--prompt", "port?",
@@ -26,7 +36,11 @@ def test_generate_writes_jsonl_with_routes(artifact, tmp_path, capsys):
     assert rc == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["prompt"] for r in rows] == ["acid?", "port?"]
-    assert all(set(r["routes"]) <= {"chem", "cyber", "med", "base"} for r in rows)
+    # A random tiny model may end an answer at once (EOS first): such a row has no text and no routes.
+    assert any("routes" in r for r in rows)
+    for r in rows:
+        assert "routes" in r or not r["response"]
+        assert set(r.get("routes", [])) <= {"chem", "cyber", "med", "base"}
 
 
 def test_chat_keeps_the_conversation(artifact, monkeypatch, capsys):
@@ -106,8 +120,45 @@ def test_a_damaged_artifact_is_a_one_line_error(artifact, capsys):
     assert "routealign.json: not a readable manifest" in err
 
 
+def test_an_expert_whose_config_rank_was_edited_is_a_one_line_error(artifact, capsys):
+    config = artifact / "experts" / "chem" / "adapter_config.json"
+    data = json.loads(config.read_text())
+    config.write_text(json.dumps({**data, "r": data["r"] * 2}))
+    err = _one_line_error(capsys, ["generate", "--artifact", str(artifact), "--prompt", "hi"])
+    assert f"adapter_config.json says r = {data['r'] * 2}" in err
+
+
 def test_verbose_shows_the_traceback_of_a_user_error(tmp_path, capsys):
     for argv in (["-v", "generate"], ["generate", "-v"]):
         assert main([*argv, "--model", str(tmp_path / "nothing"), "--prompt", "hi"]) == 2
         err = capsys.readouterr().err
         assert "Traceback" in err and "routealign generate: error:" in err
+
+
+def _foreign(tmp_path) -> Path:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("a user's own file")
+    return folder
+
+
+@pytest.mark.parametrize("command", ["train", "quickstart --retrain", "eval", "compare", "judge fit", "moefy"])
+def test_no_command_writes_into_or_replaces_a_folder_it_did_not_make(tmp_path, tiny_model_dir, command, capsys):
+    import yaml
+
+    folder = _foreign(tmp_path)
+    cfg = tmp_path / "safemoe.yaml"
+    cfg.write_text(yaml.safe_dump(safemoe_config(tmp_path, tiny_model_dir)))
+    argv = {
+        "train": ["train", "--config", str(cfg), f"output_dir={folder}"],
+        "quickstart --retrain": ["quickstart", "--retrain", "--output-dir", str(folder)],
+        "eval": ["eval", "--config", "eval/smollm2-quick", f"output_dir={folder}", f"model.name_or_path={tiny_model_dir}"],
+        "compare": ["compare", str(tmp_path), "--output", str(folder)],
+        "judge fit": ["judge", "fit", "--data", f"labelled={tmp_path / 'labels.jsonl'}", "--output", str(folder)],
+        "moefy": ["moefy", str(tiny_model_dir), "--experts", "4", "--top-k", "4", "--output", str(folder), "--overwrite"],
+    }[command]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{folder}: not empty (notes.txt)" in err and "Traceback" not in err
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+    assert (folder / "notes.txt").read_text() == "a user's own file"

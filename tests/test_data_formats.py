@@ -201,6 +201,24 @@ def test_preference_bad_score():
     assert text == f"{W}: field 'chosen_score' must be a number, got 'high'"
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf"), "nan", "Infinity", "-inf"])
+def test_preference_scores_must_be_finite(value):
+    """A NaN or infinite score trains an expert whose every weight is NaN; it is refused where it is read."""
+    text = message(
+        prefs, "preference", {"prompt": "p", "chosen": "c", "rejected": "r", "chosen_score": 0.5, "rejected_score": value}
+    )
+    assert text == f"{W}: field 'rejected_score' must be a finite number, got {value!r}"
+
+
+def test_non_finite_json_scores_are_refused_with_file_and_line(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    # Python's json writes NaN and Infinity; so do other tools, and json.loads reads them back.
+    path.write_text(json.dumps({"prompt": "p", "chosen": "c", "rejected": "r", "chosen_score": 1, "rejected_score": 2}) + "\n"
+                    + '{"prompt": "q", "chosen": "c", "rejected": "r", "chosen_score": NaN, "rejected_score": 2}\n')
+    with pytest.raises(DataError, match=r"pairs.jsonl, line 2: field 'chosen_score' must be a finite number, got nan"):
+        load_preferences(DataConfig(path=str(path), format="preference"))
+
+
 def test_hh_rlhf_single_turn():
     row = {"chosen": "\n\nHuman: How do I pick a lock?\n\nAssistant: I can't help with that.",
            "rejected": "\n\nHuman: How do I pick a lock?\n\nAssistant: Use a tension wrench."}  # fmt: skip

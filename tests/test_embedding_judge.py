@@ -143,6 +143,24 @@ def test_agreement_matches_hand_counts_and_wilson_interval():
     assert m["low"] == pytest.approx(0.3006, abs=1e-3) and m["high"] == pytest.approx(0.9544, abs=1e-3)
 
 
+@needs_encoder
+def test_an_encoder_folder_loads_its_weights_from_safetensors_only(tmp_path):
+    """The encoder is a judge option, so its folder may come from anywhere: a pickle is never opened."""
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    from routealign.judges.embedding import SentenceEncoder, encoder_path
+
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(encoder_path() / name, tmp_path / name)
+    config = BertConfig(vocab_size=30522, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+    config.save_pretrained(tmp_path)
+    torch.save(BertModel(config).state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises(OSError, match="no file named model.safetensors"):
+        SentenceEncoder(tmp_path)
+
+
 def test_fit_head_learns_both_tasks_and_ignores_missing_labels():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(400, 6, generator=g)

@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import stat
+import struct
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 
-from routealign.io import FolderBusyError, atomic_dir, atomic_write_text, folder_lock, remove_stale_temps
+from routealign.io import (
+    CHECKSUM_KEY,
+    DamagedFileError,
+    FolderBusyError,
+    atomic_dir,
+    atomic_write_text,
+    check_replaceable,
+    folder_lock,
+    load_safetensors,
+    refuse_foreign,
+    remove_stale_temps,
+    save_safetensors,
+    tensors_sha256,
+)
 
 
 @pytest.fixture
@@ -70,13 +87,13 @@ def test_folder_lock_refuses_a_second_process_and_frees_on_exit(tmp_path):
     try:
         assert proc.stdout.readline().strip() == "locked"
         with pytest.raises(FolderBusyError, match=rf"another process is writing this folder \(evaluation, pid {proc.pid},"):
-            with folder_lock(tmp_path):
+            with folder_lock(tmp_path, "evaluation"):
                 pass
     finally:
         proc.stdin.write("\n")
         proc.stdin.flush()
         proc.wait(timeout=30)
-    with folder_lock(tmp_path):  # the holder exited: the folder is free again
+    with folder_lock(tmp_path, "evaluation"):  # the holder exited: the folder is free again
         pass
 
 
@@ -85,3 +102,104 @@ def test_a_killed_holder_does_not_leave_the_folder_locked(tmp_path):
     assert subprocess.run([sys.executable, "-c", holder]).returncode == 9
     with folder_lock(tmp_path):
         pass
+
+
+# --- the one safetensors write path ----------------------------------------------------------------------
+
+
+def test_safetensors_files_get_the_umask_mode_and_leave_no_temp(tmp_path):
+    old = os.umask(0o002)  # a team's group-writable umask
+    try:
+        save_safetensors(tmp_path / "cache" / "w.safetensors", {"w": torch.ones(3)}, checksum=True)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "cache" / "w.safetensors").stat().st_mode) == 0o664  # not safetensors' 0600
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["w.safetensors"]
+
+
+def test_no_module_writes_safetensors_around_the_one_write_path():
+    """Every safetensors file goes through io.save_safetensors (atomic, umask modes, checksums): five
+    hand-rolled copies of that gave five different bugs."""
+    import routealign
+
+    package = Path(routealign.__file__).parent
+    direct = [str(p.relative_to(package)) for p in package.rglob("*.py")
+              if p.name != "io.py" and ("save_file(" in p.read_text() or "torch.save(" in p.read_text())]
+    assert direct == []
+
+
+def test_tensors_sha256_matches_a_hand_computed_digest():
+    # One float32 tensor [1.0]: its name, dtype and shape as JSON, then its 4 little-endian bytes.
+    expected = hashlib.sha256(json.dumps(["a", "torch.float32", [1]]).encode() + struct.pack("<f", 1.0)).hexdigest()
+    assert tensors_sha256({"a": torch.tensor([1.0])}) == expected
+    # Names, dtypes and shapes are part of it, not only the bytes.
+    assert tensors_sha256({"b": torch.tensor([1.0])}) != expected
+    assert tensors_sha256({"a": torch.tensor([[1.0]])}) != expected
+    assert tensors_sha256({"a": torch.tensor([1.0], dtype=torch.bfloat16)}) != expected
+
+
+def _flip_last_data_bit(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x40  # in the last tensor's bytes: the file still parses
+    path.write_bytes(bytes(data))
+
+
+def test_a_checksum_names_a_flipped_bit_and_a_truncated_file(tmp_path):
+    path = tmp_path / "x.safetensors"
+    tensors = {"chosen": torch.tensor([-183.25, -12.5]), "rejected": torch.tensor([-190.0, -20.0])}
+    save_safetensors(path, tensors, metadata={"pairs": "2"}, checksum=True)
+    loaded, header = load_safetensors(path, checksum="required")
+    assert all(torch.equal(loaded[k], tensors[k]) for k in tensors) and header["pairs"] == "2"
+    assert header[CHECKSUM_KEY] == tensors_sha256(tensors)
+    _flip_last_data_bit(path)
+    assert load_safetensors(path)[0]["rejected"][-1] != -20.0  # read without the check: silently wrong
+    with pytest.raises(DamagedFileError, match=r"x.safetensors: its tensors do not match the checksum"):
+        load_safetensors(path, checksum="if-present")
+    save_safetensors(path, tensors, checksum=True)
+    path.write_bytes(path.read_bytes()[:-5])
+    with pytest.raises(DamagedFileError, match=r"x.safetensors: not a readable safetensors file"):
+        load_safetensors(path, checksum="if-present")
+    save_safetensors(path, tensors)  # no checksum: an older file
+    assert load_safetensors(path, checksum="if-present")[0].keys() == tensors.keys()
+    with pytest.raises(DamagedFileError, match="no checksum in its header"):
+        load_safetensors(path, checksum="required")
+
+
+# --- folders a command did not make ------------------------------------------------------------------------
+
+
+def test_a_folder_with_foreign_files_is_refused_and_left_as_it_was(tmp_path):
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(FolderBusyError, match=r"notes: not empty \(thesis.tex\) and not a routealign evaluation folder"):
+        with folder_lock(mine, "evaluation"):
+            pass
+    assert [p.name for p in mine.iterdir()] == ["thesis.tex"]  # no lock file left either
+    refuse_foreign(tmp_path / "new", "evaluation")  # absent: fine
+    (tmp_path / "empty").mkdir()
+    with folder_lock(tmp_path / "empty", "evaluation"):
+        (tmp_path / "empty" / "summary.json").write_text("{}")
+    with folder_lock(tmp_path / "empty", "evaluation"):  # its own earlier output
+        pass
+    with pytest.raises(FolderBusyError, match="empty: is a routealign evaluation folder, not a training one"):
+        refuse_foreign(tmp_path / "empty", "training")  # an eval folder is not a training run's
+    refuse_foreign(mine, "training", markers=("thesis.tex",))  # a marker makes it one
+
+
+def test_a_folder_is_replaced_only_when_it_is_the_commands_own_and_the_user_asks(tmp_path):
+    out = tmp_path / "out"
+    check_replaceable(out, marker="moefy.json", what="moefy", overwrite=False)  # absent
+    out.mkdir()
+    check_replaceable(out, marker="moefy.json", what="moefy", overwrite=False)  # empty
+    (out / "data.csv").write_text("a,b\n")
+    for overwrite in (False, True):  # never replaced, even when asked: it is not moefy's
+        with pytest.raises(FolderBusyError, match=r"out: not empty \(data.csv\) and not a moefy output \(no moefy.json\)"):
+            check_replaceable(out, marker="moefy.json", what="moefy", overwrite=overwrite)
+    (out / "moefy.json").write_text("{}")
+    with pytest.raises(FolderBusyError, match="holds an earlier moefy output; pass --overwrite"):
+        check_replaceable(out, marker="moefy.json", what="moefy", overwrite=False)
+    check_replaceable(out, marker="moefy.json", what="moefy", overwrite=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FolderBusyError, match="is a file"):
+        check_replaceable(tmp_path / "file", marker="moefy.json", what="moefy", overwrite=True)

@@ -22,7 +22,7 @@ from routealign.recipes import load_recipe_config
 from routealign.recipes.common import peft_lora
 from routealign.recipes.midpo import EXPERTS, MidPOConfig, main, router_loss
 from routealign.training import Stage, run_stage
-from tests.helpers import midpo_config
+from tests.helpers import midpo_config, modes_not_from_umask
 
 
 @pytest.fixture
@@ -93,6 +93,12 @@ def test_reference_log_probs_are_computed_once_and_reused(tmp_path, tiny_model_d
     assert len(list((cache / "reference-logps").iterdir())) == 4  # shorter truncation: other inputs, new key
 
 
+def test_cached_reference_log_probs_get_the_umask_mode(tmp_path, tiny_model_dir, cache, group_umask):
+    run(tmp_path, tiny_model_dir)
+    assert len(list((cache / "reference-logps").iterdir())) == 3
+    assert modes_not_from_umask(cache / "reference-logps", group_umask) == []
+
+
 def test_margin_from_columns_and_from_a_judge(tmp_path, tiny_model_dir, cache):
     cfg, out = run(tmp_path / "cols", tiny_model_dir, scores=True,
                    safety__margin={"source": "columns", "higher_is": "worse"})  # fmt: skip
@@ -122,6 +128,28 @@ def test_bad_margin_settings_and_data_fail_before_training(tmp_path, tiny_model_
     with pytest.raises(DataError, match=r"dual.jsonl, line 3: fields 'chosen' and 'rejected' hold the same response"):
         main(load_config(MidPOConfig, data=data))
     assert not (tmp_path / "e" / "run").exists()  # nothing claimed
+
+
+def test_a_score_that_overflows_stops_the_expert_before_anything_is_written(tmp_path, tiny_model_dir, cache, capsys):
+    """1e39 is a finite number, so it passes the data check, but float32 holds it as inf: the margin and
+    the loss become infinite. Training stops at that step, exit 2, and no expert is written."""
+    import yaml
+
+    from routealign.cli import main as cli_main
+
+    data = midpo_config(tmp_path, tiny_model_dir, scores=True)
+    rows = [json.loads(line) for line in (tmp_path / "safety.jsonl").read_text().splitlines()]
+    rows = [{**r, "rejected_score": 1e39} for r in rows]
+    (tmp_path / "safety.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data["safety"]["margin"] = {"source": "columns", "higher_is": "worse"}
+    config = tmp_path / "midpo.yaml"
+    config.write_text(yaml.safe_dump(data))
+    assert cli_main(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "expert:safety: a loss of inf at step 1 of 3; stopped before that optimiser step" in err
+    assert "Traceback" not in err
+    out = tmp_path / "run"
+    assert not (out / "experts").exists() and not (out / "routealign.json").exists()
 
 
 def _gated_tiny(expert_dirs, tmp_path, loss_fn, **train):
@@ -230,6 +258,34 @@ def test_margin_from_a_reward_model(tmp_path, tiny_model_dir, reward_model_dir, 
         run(tmp_path / "x", tiny_model_dir, safety__margin={"source": "model", "higher_is": "better"})
     with pytest.raises(ConfigError, match="higher_is: say whether"):
         run(tmp_path / "y", tiny_model_dir, safety__margin={"source": "model", "model": str(reward_model_dir)})
+
+
+def test_a_reward_model_that_is_missing_unloadable_or_broken_is_a_clear_error(tmp_path, tiny_model_dir, reward_model_dir,
+                                                                              cache, monkeypatch):  # fmt: skip
+    from safetensors.torch import load_file, save_file
+
+    from routealign.recipes import midpo
+
+    loaded = []
+    monkeypatch.setattr(midpo, "load_model", lambda cfg: loaded.append(cfg) or pytest.fail("the policy model loaded"))
+    missing = {"source": "model", "model": str(tmp_path / "no-such-reward-model"), "higher_is": "better"}
+    with pytest.raises(ConfigError, match=r"safety.margin.model: cannot find '.*no-such-reward-model'"):
+        run(tmp_path / "a", tiny_model_dir, safety__margin=missing)
+    monkeypatch.undo()
+    # Weights only as a pickle (.bin): refused, since a reward model may come from anywhere.
+    weights = load_file(str(reward_model_dir / "model.safetensors"))
+    (reward_model_dir / "model.safetensors").unlink()
+    torch.save(weights, reward_model_dir / "pytorch_model.bin")
+    pickled = {**missing, "model": str(reward_model_dir)}
+    with pytest.raises(ConfigError, match=r"safety.margin.model: .*reward: cannot load it as a reward or cost model"):
+        run(tmp_path / "b", tiny_model_dir, safety__margin=pickled)
+    # A model whose scores are NaN: named with the pair it scored, before anything trains.
+    (reward_model_dir / "pytorch_model.bin").unlink()
+    save_file({k: torch.full_like(v, float("nan")) if k == "score.weight" else v for k, v in weights.items()},
+              str(reward_model_dir / "model.safetensors"), metadata={"format": "pt"})  # fmt: skip
+    with pytest.raises(DataError, match=r"safety.jsonl, line 1: the safety.margin.source: model score of its chosen response is nan"):
+        run(tmp_path / "c", tiny_model_dir, safety__margin=pickled)
+    assert not (tmp_path / "c" / "run").exists()
 
 
 def test_gates_refuse_a_manifest_that_reorders_the_experts(tmp_path, tiny_model_dir, cache):

@@ -346,6 +346,49 @@ def test_rejects_dora_and_mismatched_shapes(tmp_path, expert_dirs):
 
 
 @pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"r": 1}, r"adapter_config.json says r = 1, but .*'s lora_A is \(2, \d+\) and lora_B \(\d+, 2\) in adapter_model.safetensors \(rank 2\)"),
+        ({"r": 4}, r"says r = 4, but .*\(rank 2\)"),
+        ({"r": "two"}, r"field 'r' must be a positive integer, got 'two'"),
+        ({"r": 0}, r"field 'r' must be a positive integer, got 0"),
+        ({"r": True}, r"field 'r' must be a positive integer, got True"),
+        ({"r": None}, r"field 'r' must be a positive integer, got None"),
+        ({"lora_alpha": "4"}, r"field 'lora_alpha' must be a number, got '4'"),
+        ({"lora_alpha": None}, r"field 'lora_alpha' must be a number, got None"),
+    ],
+)
+def test_an_adapter_config_that_disagrees_with_its_weights_is_refused(tmp_path, expert_dirs, change, message):
+    """alpha/r is read from the config and A, B from the weights: r halved would double the expert."""
+    import json
+    import shutil
+
+    bad = tmp_path / "edited"
+    shutil.copytree(expert_dirs[0], bad)  # rank 2, alpha 4
+    cfg = json.loads((bad / "adapter_config.json").read_text())
+    assert (cfg["r"], cfg["lora_alpha"]) == (2, 4)
+    (bad / "adapter_config.json").write_text(json.dumps({**cfg, **change}))
+    with pytest.raises(MixtureError, match=message):
+        read_peft_expert(bad)
+
+
+def test_an_adapter_config_without_alpha_or_not_an_object_is_refused(tmp_path, expert_dirs):
+    import json
+    import shutil
+
+    bad = tmp_path / "edited"
+    shutil.copytree(expert_dirs[0], bad)
+    cfg = json.loads((bad / "adapter_config.json").read_text())
+    del cfg["lora_alpha"]
+    (bad / "adapter_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(MixtureError, match="adapter_config.json: field 'lora_alpha' is missing"):
+        read_peft_expert(bad)
+    (bad / "adapter_config.json").write_text("[2, 4]")
+    with pytest.raises(MixtureError, match="adapter_config.json: expected a JSON object"):
+        read_peft_expert(bad)
+
+
+@pytest.mark.parametrize(
     "shape, experts",
     [
         (dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, intermediate_size=1536, vocab_size=49152), 4),  # SmolLM2-135M

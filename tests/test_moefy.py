@@ -79,6 +79,37 @@ def test_cli_converts_a_folder(tmp_path, tiny_model_dir, capsys):
     assert (out / "tokenizer_config.json").is_file()
 
 
+def test_cli_never_replaces_a_folder_it_did_not_make(tmp_path, tiny_model_dir, capsys):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(TEXTS))
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "paper.md").write_text("results I keep here")
+    args = ["moefy", str(tiny_model_dir), "--experts", "4", "--top-k", "4", "--output", str(out), "--text", str(texts)]
+    for extra in ([], ["--overwrite"]):  # refused even when asked: it is not a moefy output
+        assert cli_main(args + extra) == 2
+        assert "not a moefy output (no moefy.json)" in capsys.readouterr().err
+        assert [p.name for p in out.iterdir()] == ["paper.md"] and (out / "paper.md").read_text() == "results I keep here"
+    (out / "paper.md").unlink()
+    assert cli_main(args) == 0  # an empty folder is taken
+    capsys.readouterr()
+    assert cli_main(args) == 2  # an earlier moefy output is replaced only when asked
+    assert "holds an earlier moefy output; pass --overwrite" in capsys.readouterr().err
+    (out / "extra.txt").write_text("left by the user inside the converted model")
+    assert cli_main(args + ["--overwrite"]) == 0
+    assert not (out / "extra.txt").exists() and (out / "moefy.json").is_file()
+
+
+def test_calibration_text_that_is_not_utf8_is_a_one_line_error(tmp_path, tiny_model_dir, capsys):
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("first line is fine\nCafé crème\n".encode("latin-1"))
+    code = cli_main(["moefy", str(tiny_model_dir), "--experts", "4", "--top-k", "4", "--output", str(tmp_path / "moe"),
+                     "--text", str(latin)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "latin1.txt, line 2: not UTF-8 text" in err and "Traceback" not in err
+    assert not (tmp_path / "moe").exists()
+
+
 def test_calibration_text_errors_name_the_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "a long enough calibration text here"}\n{"n": 1}\n')

@@ -14,7 +14,7 @@ from routealign.judges.base import JUDGES
 from routealign.models.moe import moe_view
 from routealign.models.tiny import TINY_MOE
 from routealign.recipes.rasa import RASAConfig, main
-from tests.helpers import REQUESTS, FirstSeenRefused, rasa_config, tiny_moe_dir
+from tests.helpers import REQUESTS, FirstSeenRefused, modes_not_from_umask, rasa_config, tiny_moe_dir
 
 
 @pytest.fixture(autouse=True)
@@ -124,6 +124,28 @@ def test_an_interrupted_run_resumes_to_the_same_model(tmp_path, moe_dir):
     alone = main(load_config(RASAConfig, data={**data, "output_dir": str(tmp_path / "alone")}))
     resumed, uninterrupted = _weights(tmp_path / "run" / "model"), _weights(alone / "model")
     assert [k for k in resumed if not torch.equal(resumed[k], uninterrupted[k])] == []
+
+
+def test_stage_results_and_the_model_get_the_umask_mode(tmp_path, moe_dir, group_umask):
+    _, out = _run(tmp_path, moe_dir, rounds=1)
+    assert (out / "state" / "trained.safetensors").is_file() and (out / "routing_counts.safetensors").is_file()
+    assert modes_not_from_umask(out, group_umask) == []
+
+
+def test_a_damaged_stage_result_is_named_not_used(tmp_path, moe_dir):
+    _, out = _run(tmp_path, moe_dir, routing={"enabled": False}, rounds=1)
+    state = out / "state" / "trained.safetensors"
+    data = bytearray(state.read_bytes())
+    data[-1] ^= 0x01  # one bit of the last weight
+    state.write_bytes(bytes(data))
+    (out / "routealign.json").unlink()  # as if the run had stopped after that stage
+    with pytest.raises(ConfigError, match=r"trained.safetensors: its tensors do not match the checksum .*delete it to redo"):
+        _run(tmp_path, moe_dir, routing={"enabled": False}, rounds=1)
+    counts = out / "routing_counts.safetensors"
+    counts.write_bytes(counts.read_bytes()[:-3])
+    state.unlink()
+    with pytest.raises(ConfigError, match=r"routing_counts.safetensors: not a readable safetensors file"):
+        _run(tmp_path, moe_dir, routing={"enabled": False}, rounds=1)
 
 
 def test_pairs_pair_each_request_with_its_own_jailbreak(tmp_path, moe_dir, monkeypatch):

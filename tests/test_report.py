@@ -23,6 +23,7 @@ from routealign.evaluation.report import (
     verdict,
     write_report,
 )
+from routealign.io import FolderBusyError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EVIL = "<script>alert('pwned')</script> ``` </pre> | cell"
@@ -274,6 +275,21 @@ def test_compare_two_runs(tmp_path):
     assert scatter.read_bytes().startswith(PNG_MAGIC)
     assert "](compare_plots/safety_vs_overrefusal.png)" in md
     assert [img[:8] for img in embedded_pngs(html)] == [PNG_MAGIC]
+
+
+def test_compare_writes_only_where_it_may(tmp_path):
+    a = make_run(tmp_path, "a", toy_rows())
+    b = make_run(tmp_path, "b", toy_rows())
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    with pytest.raises(FolderBusyError, match="foreign: not empty \\(notes.txt\\) and not a routealign comparison folder"):
+        compare_runs([a, b], foreign)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+    compare_runs([a, b], tmp_path / "out")
+    compare_runs([b, a], tmp_path / "out")  # an earlier comparison is its own to rewrite
+    compare_runs([a, b], a)  # into a run folder, beside its report
+    assert (a / "compare.md").is_file() and (a / "summary.json").is_file()
 
 
 def test_compare_warns_on_different_judges_and_renames_clashing_runs(tmp_path):

@@ -19,7 +19,7 @@ from routealign.models.mixture import attach_mixture, read_peft_expert
 from routealign.models.tiny import byte_tokenizer, tiny_llama
 from routealign.recipes.safemoe import SafeMoEConfig, main, sft_loss
 from routealign.training import Stage, run_stage
-from tests.helpers import initial_gates, make_peft_experts, safemoe_config
+from tests.helpers import initial_gates, make_peft_experts, modes_not_from_umask, safemoe_config
 
 EXAMPLES = [SFTExample(f"question {i}", f"answer number {i} is here") for i in range(6)]
 
@@ -261,6 +261,17 @@ def test_temp_folders_of_a_killed_save_are_cleaned_up(tmp_path, tiny_model_dir):
     stale = tmp_path / "run" / "experts" / ".cyber.k1ll3d.tmp"
     stale.mkdir(parents=True)
     (stale / "adapter_model.safetensors").write_bytes(b"half")
+    (tmp_path / "run" / ".routealign.lock").write_text("training, pid 1, since 2026-12-01 00:00:00\n")  # the killed run's
     out = main(load_config(SafeMoEConfig, data=data))
     assert not stale.exists() and (out / "experts" / "cyber" / "adapter_config.json").is_file()
     assert not list(out.rglob("*.tmp"))
+
+
+def test_every_file_of_a_run_gets_the_umask_mode(tmp_path, tiny_model_dir, group_umask):
+    """A teammate in the group can read (and write) the artifact: no file keeps safetensors' private 0600."""
+    data = safemoe_config(tmp_path, tiny_model_dir)
+    data["experts"]["train"]["max_steps"] = 1
+    data["router"]["train"]["max_steps"] = 1
+    out = main(load_config(SafeMoEConfig, data=data))
+    assert (out / "gates.safetensors").is_file() and (out / "experts" / "chem" / "adapter_model.safetensors").is_file()
+    assert modes_not_from_umask(out, group_umask) == []

@@ -18,7 +18,7 @@ from accelerate import Accelerator
 from routealign.config import ModelConfig, TrainConfig
 from routealign.data import DataConfig, load_sft
 from routealign.data.collate import encode_all, sft_collator
-from routealign.io import atomic_dir
+from routealign.io import atomic_dir, check_replaceable
 from routealign.models.loading import load_model, load_tokenizer
 from routealign.training import Stage, run_stage
 
@@ -35,6 +35,7 @@ def main() -> None:
     if (out / "config.json").is_file():
         print(f"{out}: already trained")
         return
+    check_replaceable(out, marker="config.json", what="refusal SFT", overwrite=False)  # atomic_dir replaces it
     cfg = ModelConfig(name_or_path=args.model, dtype="float32")
     tokenizer, model = load_tokenizer(cfg), load_model(cfg)
     tokenizer.padding_side = "right"

@@ -35,13 +35,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from .data import DataConfig, load_prompts
+    from .io import refuse_foreign
     from .models.artifact import MANIFEST, load, load_artifact_tokenizer
     from .recipes import load_recipe_config
+    from .recipes.common import RUN_MARKERS
     from .recipes.safemoe import main as train_safemoe
 
     cfg = load_recipe_config(QUICKSTART_CONFIG, [f"output_dir={args.output_dir}", *args.overrides])
     out = Path(cfg.output_dir)
-    if args.retrain and out.exists():
+    refuse_foreign(out, "training", RUN_MARKERS)  # --retrain deletes only a training run's folder
+    if args.retrain and out.is_dir():
         shutil.rmtree(out)
     if (out / MANIFEST).is_file():
         print(f"using the SafeMoE model already trained in {out} (--retrain to train it again)")
@@ -298,8 +301,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .io import FolderBusyError
     from .judges.api import APIJudgeError
     from .models.mixture import MixtureError
+    from .training import NonFiniteLossError
 
-    return (ConfigError, DataError, MixtureError, FolderBusyError, APIJudgeError, FileNotFoundError)
+    return (ConfigError, DataError, MixtureError, FolderBusyError, APIJudgeError, NonFiniteLossError, FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -88,16 +88,18 @@ def map_shards(state, items: Sequence[T], fn: Callable[[list[T]], list]) -> list
 
 
 @contextmanager
-def claimed(folder: str | Path, what: str, state, check: Callable[[], T] = lambda: None) -> Iterator[T]:
-    """Hold ``folder`` for this run on the main process (:func:`routealign.io.folder_lock`) for the
-    block, then run ``check()`` there, under the lock; every process gets its value, or its error
-    (a busy folder included) raised on every process."""
+def claimed(folder: str | Path, what: str, state, check: Callable[[], T] = lambda: None,
+            markers: tuple[str, ...] = ()) -> Iterator[T]:  # fmt: skip
+    """Hold ``folder`` for this run on the main process (:func:`routealign.io.folder_lock`, which refuses
+    a folder that no earlier ``what`` made unless it holds one of ``markers``) for the block, then run
+    ``check()`` there, under the lock; every process gets its value, or its error (a busy folder
+    included) raised on every process."""
     from .io import folder_lock
 
     with ExitStack() as stack:
 
         def claim() -> T:
-            stack.enter_context(folder_lock(folder, what))
+            stack.enter_context(folder_lock(folder, what, markers))
             return check()
 
         yield on_main(state, claim)

@@ -15,16 +15,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .io import cache_dir
+from .io import DamagedFileError, cache_dir, load_safetensors, save_safetensors
 from .losses import preference_margin, sequence_logps, spe_dpo_loss
 
 log = logging.getLogger(__name__)
@@ -135,11 +133,9 @@ def precompute_reference(
     get the whole result (the main process writes the file), so no process waits idle on another."""
     from .distributed import map_shards, on_main
 
-    found = on_main(state, path.is_file) if state is not None else path.is_file()  # one branch for all
-    if found:
-        tensors = load_file(str(path))
-        if tensors["chosen"].shape != (len(examples),):
-            raise ValueError(f"{path}: holds {tensors['chosen'].shape[0]} pairs, the data has {len(examples)}; delete it")
+    # Read on the main process, so that every process takes the same branch.
+    tensors = on_main(state, lambda: _read_cached(path, len(examples))) if state is not None else _read_cached(path, len(examples))
+    if tensors is not None:
         log.info("reference log-probs of %d pairs read from %s", len(examples), path)
     else:
 
@@ -150,13 +146,29 @@ def precompute_reference(
         pairs = map_shards(state, list(examples), compute)
         tensors = {"chosen": torch.tensor([c for c, _ in pairs]), "rejected": torch.tensor([r for _, r in pairs])}
         if state is None or state.is_main_process:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            save_file(tensors, str(tmp), metadata={"pairs": str(len(examples)), "format": str(REFERENCE_FORMAT)})
-            os.replace(tmp, path)
+            save_safetensors(path, tensors, metadata={"pairs": str(len(examples)), "format": str(REFERENCE_FORMAT)},
+                             checksum=True)  # fmt: skip
             log.info("reference log-probs of %d pairs cached in %s", len(examples), path)
     chosen, rejected = tensors["chosen"].tolist(), tensors["rejected"].tolist()
     return [dict(e, ref_chosen=c, ref_rejected=r) for e, c, r in zip(examples, chosen, rejected, strict=True)]
+
+
+def _read_cached(path: Path, pairs: int) -> dict[str, torch.Tensor] | None:
+    """The cached reference log-probs at ``path``, or None when there are none to use. A damaged entry (one
+    that cannot be read, or whose tensors fail the checksum in its header) is named, deleted and recomputed:
+    a flipped bit would otherwise change every loss it enters without a sign."""
+    if not path.is_file():
+        return None
+    try:
+        tensors, _ = load_safetensors(path, checksum="required")
+        if set(tensors) != {"chosen", "rejected"} or any(t.shape != (pairs,) for t in tensors.values()):
+            raise DamagedFileError(f"{path}: holds {', '.join(f'{k} {tuple(t.shape)}' for k, t in tensors.items())}, "
+                                   f"not the log-probs of {pairs} pairs")
+    except DamagedFileError as e:
+        log.warning("%s; deleting it and computing the reference log-probs again", e)
+        path.unlink(missing_ok=True)
+        return None
+    return tensors
 
 
 def _compute(model, examples, collate, batch_size, device, autocast) -> tuple[torch.Tensor, torch.Tensor]:

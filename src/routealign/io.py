@@ -5,12 +5,18 @@ and is renamed into place, so a kill at any moment leaves either the old version
 temporary folder that a kill left behind (``.NAME.*.tmp``) is deleted the next time :func:`atomic_dir`
 writes NAME.
 Files and folders get the modes an ordinary ``open``/``mkdir`` would give (the umask decides), not the
-private 0600/0700 of temporary files, so a group-writable umask makes a cache a team can share. :func:`folder_lock` keeps two runs from writing one folder.
+private 0600/0700 of temporary files, so a group-writable umask makes a cache a team can share.
+Every safetensors file routealign writes goes through :func:`save_safetensors` (safetensors' own
+``save_file`` leaves 0600); caches and resume state carry a SHA-256 of their tensors in the header,
+which :func:`load_safetensors` checks, so a flipped bit or a truncated file is named, not used.
+:func:`folder_lock` keeps two runs from writing one folder, and neither it nor
+:func:`check_replaceable` lets a command write into, or replace, a folder that it did not make.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import shutil
@@ -42,16 +48,18 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write; on success it gets the umask's mode (mkstemp and
+    safetensors make files private, 0600), is synced and renamed over ``path``; on failure it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        # mkstemp makes the file private (0600); give it the mode an ordinary open() would.
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -59,8 +67,77 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+# --- safetensors: the one write path, with checksums where a file is reused -----------------------------
+
+CHECKSUM_KEY = "routealign.sha256"
+"""Header field holding :func:`tensors_sha256` of a file's tensors."""
+
+
+class DamagedFileError(ValueError):
+    """A file routealign wrote earlier cannot be read back as written: truncated, not safetensors, or its
+    tensors no longer match the checksum in its header."""
+
+
+def tensors_sha256(tensors: dict) -> str:
+    """SHA-256 over the tensors' names, dtypes, shapes and bytes, in name order."""
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode("utf-8"))
+        # Viewed as bytes, so that every dtype (bfloat16 included) hashes without a conversion.
+        h.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_safetensors(path: str | os.PathLike, tensors: dict, *, metadata: dict | None = None,
+                     checksum: bool = False) -> None:  # fmt: skip
+    """Write ``tensors`` to ``path`` atomically, with the umask's file mode; ``checksum``: record
+    :func:`tensors_sha256` in the header, for :func:`load_safetensors` to check."""
+    from safetensors.torch import save_file
+
+    header = dict(metadata or {})
+    if checksum:
+        header[CHECKSUM_KEY] = tensors_sha256(tensors)
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata=header or None)
+
+
+def load_safetensors(path: str | os.PathLike, *, device: str = "cpu", checksum: str = "off") -> tuple[dict, dict]:
+    """``(tensors, header metadata)`` of a safetensors file. ``checksum``: ``required`` (the header must
+    hold one, and the tensors must match it), ``if-present`` (files from before checksums were written
+    have none) or ``off``. A file that cannot be read or fails the check raises :class:`DamagedFileError`
+    naming it."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device=device) as f:
+            header = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise DamagedFileError(f"{path}: not a readable safetensors file ({e})") from None
+    if checksum not in ("off", "if-present", "required"):
+        raise ValueError(f"checksum: {checksum!r} is not off, if-present or required")
+    recorded = header.get(CHECKSUM_KEY)
+    if recorded is None and checksum == "required":
+        raise DamagedFileError(f"{path}: no checksum in its header (written by an older routealign?)")
+    if recorded is not None and checksum != "off":
+        if tensors_sha256(tensors) != recorded:
+            raise DamagedFileError(f"{path}: its tensors do not match the checksum in its header (the file changed "
+                                   "after it was written)")
+    return tensors, header
 
 
 @contextmanager
@@ -143,16 +220,72 @@ class FolderBusyError(RuntimeError):
     or the path is a file."""
 
 
+def _listing(folder: Path) -> str:
+    names = sorted(p.name for p in folder.iterdir())
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def _is_empty_dir(folder: Path) -> bool:
+    return folder.is_dir() and next(folder.iterdir(), None) is None
+
+
+def locked_by(folder: Path) -> str | None:
+    """What last claimed ``folder`` with :func:`folder_lock` (``training``, ``evaluation``, ...), or None."""
+    try:
+        return (folder / LOCK_FILE).read_text(encoding="utf-8").split(",", 1)[0].strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def refuse_foreign(folder: str | os.PathLike, what: str, markers: tuple[str, ...] = ()) -> None:
+    """Refuse to write into ``folder`` when it holds anything and is not ``what``'s own: claimed by a
+    ``what`` before (its lock file says so) or holding one of ``markers``. Never destroy, or mix files
+    into, what routealign did not make."""
+    folder = Path(folder)
+    if not folder.is_dir() or _is_empty_dir(folder):
+        return
+    holder = locked_by(folder)
+    if holder == what or any((folder / m).exists() for m in markers):
+        return
+    if holder is not None:
+        raise FolderBusyError(f"{folder}: is a routealign {holder} folder, not a {what} one; choose another folder")
+    raise FolderBusyError(
+        f"{folder}: not empty ({_listing(folder)}) and not a routealign {what} folder; nothing was written: "
+        "choose a new or empty folder"
+    )
+
+
+def check_replaceable(folder: str | os.PathLike, *, marker: str, what: str, overwrite: bool,
+                      flag: str = "--overwrite") -> None:  # fmt: skip
+    """Before a command replaces ``folder`` whole: it must be absent or empty, or an earlier output of
+    the same command (it holds ``marker``) and the user asked to replace it (``flag``). A folder the
+    command did not make is refused even with ``flag``: it would be deleted."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise FolderBusyError(f"{folder}: is a file, not a folder; choose another output folder")
+    if not folder.exists() or _is_empty_dir(folder):
+        return
+    if not (folder / marker).is_file():
+        raise FolderBusyError(
+            f"{folder}: not empty ({_listing(folder)}) and not a {what} output (no {marker}); it would be "
+            "replaced, so nothing was written: choose a new or empty folder"
+        )
+    if not overwrite:
+        raise FolderBusyError(f"{folder}: holds an earlier {what} output; pass {flag} to replace it")
+
+
 @contextmanager
-def folder_lock(folder: str | os.PathLike, what: str = "run") -> Iterator[Path]:
+def folder_lock(folder: str | os.PathLike, what: str = "run", markers: tuple[str, ...] = ()) -> Iterator[Path]:
     """Hold an exclusive lock on ``folder`` (created if needed) for the block, or fail at once.
 
     The lock is ``flock`` on ``FOLDER/.routealign.lock``: the kernel drops it when the process dies, so
-    a killed run never leaves the folder locked. The file records the holder's pid for the message.
+    a killed run never leaves the folder locked. The file records what holds it (``what``) and its pid.
+    A folder with contents that no earlier ``what`` made (:func:`refuse_foreign`) is refused first.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise FolderBusyError(f"{folder}: is a file, not a folder; choose another output folder")
+    refuse_foreign(folder, what, markers)
     folder.mkdir(parents=True, exist_ok=True)
     lock_path = folder / LOCK_FILE
     f = open(lock_path, "a+", encoding="utf-8")

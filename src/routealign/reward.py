@@ -17,15 +17,20 @@ from tqdm.auto import tqdm
 
 
 def load_scorer(name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False, device: str | None = None):
-    """(model, tokenizer) of a one-output sequence classifier, in eval mode."""
+    """(model, tokenizer) of a one-output sequence classifier, in eval mode; a model that cannot be
+    loaded is a :class:`~routealign.config.ConfigError` naming it."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from .config import ConfigError
     from .models.loading import pick_device
 
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
-    model = AutoModelForSequenceClassification.from_pretrained(name_or_path, **kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+        # safetensors only: a .bin is a pickle, and this model may come from anywhere.
+        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, use_safetensors=True, **kwargs)
+    except (OSError, ValueError, KeyError) as e:  # missing, not a checkpoint, no safetensors, unknown type
+        raise ConfigError(f"{name_or_path}: cannot load it as a reward or cost model: {e}") from None
     if model.config.num_labels != 1:
         raise ConfigError(
             f"{name_or_path}: a reward or cost model has one output; this one has {model.config.num_labels} "

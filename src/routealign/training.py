@@ -19,13 +19,19 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .config import ConfigError, TrainConfig
-from .io import atomic_write_text, recover_dir, replace_dir
+from .io import (
+    DamagedFileError,
+    atomic_write_text,
+    load_safetensors,
+    recover_dir,
+    replace_dir,
+    save_safetensors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +90,7 @@ def run_stage(accelerator: Accelerator, stage: Stage) -> dict:
     model.train()
     bar = tqdm(total=total, initial=step, desc=stage.name, disable=not accelerator.is_main_process, leave=False)
     started, losses, metrics, micro = time.time(), [], [], skip
+    bad_loss = None  # the first non-finite loss since the last optimiser step, on this process
     for epoch in range(start_epoch, epochs):
         loader = _epoch_loader(accelerator, stage, epoch)
         if epoch == start_epoch and skip:
@@ -96,13 +103,18 @@ def run_stage(accelerator: Accelerator, stage: Stage) -> dict:
                 if isinstance(loss, tuple):
                     loss, extra = loss
                     metrics.append(extra)
+                value = loss.detach().float().item()
+                if bad_loss is None and not math.isfinite(value):
+                    bad_loss = value
                 accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    _stop_if_not_finite(accelerator, stage, bad_loss, step + 1, total)
                 if accelerator.sync_gradients and cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad()
             micro += 1
-            losses.append(loss.detach().float().item())
+            losses.append(value)
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
@@ -125,6 +137,24 @@ def run_stage(accelerator: Accelerator, stage: Stage) -> dict:
     bar.close()
     accelerator.wait_for_everyone()
     return {"stage": stage.name, "steps": step, "seconds": round(time.time() - started, 2)}
+
+
+class NonFiniteLossError(RuntimeError):
+    """A training loss became NaN or infinite: the stage stops before the optimiser step it would corrupt."""
+
+
+def _stop_if_not_finite(accelerator: Accelerator, stage: Stage, bad: float | None, step: int, total: int) -> None:
+    """Raise on every process, before the optimiser step, when any process saw a non-finite loss since the
+    last step: one NaN reaches every weight through the gradient all-reduce, so all must stop together."""
+    flag = bad is not None
+    if accelerator.num_processes > 1:
+        flag = bool(accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), "sum").item())
+    if flag:
+        seen = f"a loss of {bad}" if bad is not None else "a non-finite loss on another process"
+        raise NonFiniteLossError(
+            f"{stage.name}: {seen} at step {step} of {total}; stopped before that optimiser step, and nothing of "
+            "this stage was saved. Look for NaN or infinite values in the data (scores) or lower the learning rate"
+        )
 
 
 def clear_checkpoint(accelerator: Accelerator, stage: Stage) -> None:
@@ -178,7 +208,7 @@ def _save_checkpoint(path: Path, accelerator, model, optimizer, scheduler, step:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    save_file(_rng_state(), staging / f"rng_{accelerator.process_index}.safetensors")
+    save_safetensors(staging / f"rng_{accelerator.process_index}.safetensors", _rng_state(), checksum=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         opt_state = optimizer.state_dict()
@@ -189,8 +219,8 @@ def _save_checkpoint(path: Path, accelerator, model, optimizer, scheduler, step:
                     tensors[f"{idx}.{key}"] = value.detach().cpu().contiguous()
                 else:
                     scalars[f"{idx}.{key}"] = value
-        save_file(trainable_state(accelerator.unwrap_model(model)), staging / "trainable.safetensors")
-        save_file(tensors or {"_empty": torch.zeros(0)}, staging / "optimizer.safetensors")
+        save_safetensors(staging / "trainable.safetensors", trainable_state(accelerator.unwrap_model(model)), checksum=True)
+        save_safetensors(staging / "optimizer.safetensors", tensors or {"_empty": torch.zeros(0)}, checksum=True)
         state = {
             "step": step,
             "epoch": epoch,
@@ -212,7 +242,7 @@ def _load_checkpoint(path: Path, accelerator, model, optimizer, scheduler) -> tu
             f"{path}: saved by {state.get('num_processes', 1)} processes, resumed with {accelerator.num_processes}; "
             "the data order would differ. Resume with the same number of processes, or delete the checkpoint"
         )
-    weights = load_file(str(path / "trainable.safetensors"))
+    weights = _read(path / "trainable.safetensors")
     named = dict(accelerator.unwrap_model(model).named_parameters())
     missing = [n for n, p in named.items() if p.requires_grad and n not in weights]
     if missing:
@@ -221,7 +251,7 @@ def _load_checkpoint(path: Path, accelerator, model, optimizer, scheduler) -> tu
         for name, value in weights.items():
             named[name].copy_(value)
     entries: dict[int, dict] = {}
-    for key, value in load_file(str(path / "optimizer.safetensors")).items():
+    for key, value in _read(path / "optimizer.safetensors").items():
         if key != "_empty":
             idx, name = key.split(".", 1)
             entries.setdefault(int(idx), {})[name] = value
@@ -230,8 +260,16 @@ def _load_checkpoint(path: Path, accelerator, model, optimizer, scheduler) -> tu
         entries.setdefault(int(idx), {})[name] = value
     optimizer.load_state_dict({"state": entries, "param_groups": state["param_groups"]})
     scheduler.load_state_dict(state["scheduler"])
-    rng = load_file(str(path / f"rng_{accelerator.process_index}.safetensors"))
+    rng = _read(path / f"rng_{accelerator.process_index}.safetensors")
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])
     return state["step"], state["epoch"], state["micro_batches"]
+
+
+def _read(file: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint file, checked against the checksum in its header (older checkpoints have none)."""
+    try:
+        return load_safetensors(file, checksum="if-present")[0]
+    except DamagedFileError as e:
+        raise ConfigError(f"{e}; delete {file.parent} to train this stage from its start") from None

@@ -14,6 +14,7 @@ CSV with ``Behavior,Safe_Response`` loads as ``sft`` with ``{"prompt": "Behavior
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 
 from .records import Label, PreferencePair, PromptItem, SFTExample
@@ -88,9 +89,12 @@ class Row:
         if value in (None, ""):
             return None
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise self.error(field, f"must be a number, got {value!r}") from None
+        if not math.isfinite(number):  # a NaN or infinite score would turn every loss it enters into NaN
+            raise self.error(field, f"must be a finite number, got {value!r}")
+        return number
 
     def _name(self, field: str) -> str:
         raw = self.column(field)

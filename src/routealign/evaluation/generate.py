@@ -107,9 +107,12 @@ class OpenAIBackend:
 
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", timeout: float = 120.0,
                  max_retries: int = 4, backoff: float = 1.0):
+        from .fingerprint import api_fingerprint
+
         self.base_url, self.model = base_url.rstrip("/"), model
         self.api_key_env, self.timeout, self.max_retries, self.backoff = api_key_env, timeout, max_retries, backoff
-        self.id = f"openai:{self.base_url}:{model}"
+        # Credentials in the URL (https://user:key@host) stay out of the id, which summaries record.
+        self.id = f"openai:{api_fingerprint(self.base_url, model).parts['base_url']}:{model}"
 
     def _one(self, prompt: Prompt, settings: GenerationSettings, index: int) -> dict:
         from ..judges.api import chat_completion

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ConfigError
-from ..io import atomic_dir, atomic_write_text
-from .metrics import SAMPLES, load_samples, load_summary
+from ..io import atomic_dir, atomic_write_text, refuse_foreign
+from .metrics import SAMPLES, SUMMARY, load_samples, load_summary
 
 EXAMPLES_PER_BENCHMARK = 3
 TRUNCATE_CHARS = 600
@@ -575,6 +575,8 @@ def compare_runs(run_dirs: Sequence[str | Path], output_dir: str | Path) -> tupl
     """
     if not run_dirs:
         raise ConfigError("compare_runs: give at least one run folder")
+    # Into a new or empty folder, an earlier comparison or an eval run folder; never among others' files.
+    refuse_foreign(output_dir, "comparison", markers=("compare.md", SUMMARY))
     run_dirs = [Path(d) for d in run_dirs]
     summaries = [load_summary(d) for d in run_dirs]
     labels = run_labels(run_dirs, summaries)

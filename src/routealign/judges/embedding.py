@@ -73,7 +73,8 @@ class SentenceEncoder:
 
         folder = Path(path) if path is not None else encoder_path()
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.model = AutoModel.from_pretrained(folder).to(device).eval()
+        # safetensors only: an encoder folder given as a judge option may come from anywhere (.bin is a pickle).
+        self.model = AutoModel.from_pretrained(folder, use_safetensors=True).to(device).eval()
         self.max_length = _max_seq_length(folder)
         self.batch_size = batch_size
         self.device = device
@@ -301,14 +302,12 @@ def label_tensor(pairs: Sequence[LabelledPair]) -> torch.Tensor:
 
 def save_head(folder: str | os.PathLike, head: Head, manifest: dict) -> Path:
     """Write ``head.safetensors`` + ``head.json`` into ``folder`` atomically (a temp folder, then rename)."""
-    from safetensors.torch import save_file
-
-    from ..io import atomic_dir
+    from ..io import atomic_dir, save_safetensors
 
     members, hidden, dim = head.w1.shape
     manifest = {**manifest, "dim": dim, "hidden": hidden, "members": members}
     with atomic_dir(folder) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, str(tmp / HEAD_FILE))
+        save_safetensors(tmp / HEAD_FILE, {k: v.detach().contiguous() for k, v in head.state_dict().items()})
         (tmp / HEAD_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return Path(folder)
 
@@ -535,6 +534,8 @@ def add_fit_args(p) -> None:
         help="labelled data to measure agreement on (never fitted on)",
     )
     p.add_argument("--output", required=True, help="folder for head.safetensors + head.json")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier head in --output (a folder that holds no head.json is never replaced)")
     p.add_argument(
         "--head-tokens", type=int, default=64, help="tokens of the response's opening embedded on their own"
     )
@@ -555,6 +556,12 @@ def add_fit_args(p) -> None:
 
 
 def cmd_fit(args) -> int:
+    from ..io import check_replaceable
+
+    def check_output() -> None:
+        check_replaceable(args.output, marker=HEAD_MANIFEST, what="judge fit", overwrite=args.overwrite)
+
+    check_output()  # before anything is read or fitted; again before the folder is replaced
     train = [p for spec in args.data for p in read_labelled(spec, limit=args.max_per_source, seed=args.seed)]
     overlap = set(args.data) & set(args.heldout)
     if overlap:
@@ -585,6 +592,7 @@ def cmd_fit(args) -> int:
                     f"(95% CI {m['low']:.1%}–{m['high']:.1%}, n={m['n']})"
                 )
     manifest["heldout"] = measured
+    check_output()
     save_head(args.output, head, manifest)
     print(f"head written to {args.output} ({len(train)} labelled pairs)")
     return 0

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .. import __version__
 from ..config import GateConfig, ModelConfig, from_dict
-from ..io import atomic_write_json
+from ..io import atomic_write_json, save_safetensors
 from .loading import load_model, load_tokenizer
 from .mixture import Mixture, MixtureError, attach_mixture, read_peft_expert
 
@@ -31,10 +31,8 @@ FORMAT_VERSION = 1
 
 def save_gates(mixture: Mixture, path: Path) -> None:
     """The gate tensors, with the mapping and the expert order they were trained for in the header."""
-    tmp = path.with_name(f".{path.name}.tmp")
     header = {"routealign.gate.mapping": mixture.gate_cfg.mapping, "routealign.experts": json.dumps(mixture.expert_names)}
-    save_file(mixture.gate_state_dict(), str(tmp), metadata=header)
-    tmp.replace(path)
+    save_safetensors(path, mixture.gate_state_dict(), metadata=header)
 
 
 def check_gates_header(path: Path, mixture: Mixture) -> None:
@@ -86,8 +84,10 @@ def read_manifest(folder: str | Path) -> dict:
     return manifest
 
 
-SAFE_ATTENTION = (None, "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
-"""Attention backends a manifest may name: built into transformers (a hub kernel would be remote code)."""
+SAFE_ATTENTION = (None, "eager", "sdpa")
+"""Attention backends a manifest may name: those that run transformers' and torch's own code. The
+flash-attention names are refused: with the ``kernels`` package installed, transformers fetches them as
+hub kernels, which is remote code; a user who wants them passes the model themselves."""
 
 
 def model_config(folder: str | Path, *, trust_remote_code: bool = False, **overrides) -> ModelConfig:

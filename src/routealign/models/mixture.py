@@ -21,6 +21,7 @@ folders, so PEFT alone can still load every expert.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -72,6 +73,8 @@ def read_peft_expert(path: str | Path, name: str | None = None) -> Expert:
         tensors = load_file(str(weights_file))
     except (json.JSONDecodeError, UnicodeDecodeError, OSError, SafetensorError) as e:
         raise MixtureError(f"{path}: cannot read the adapter ({e})") from None
+    if not isinstance(cfg, dict):
+        raise MixtureError(f"{config_file}: expected a JSON object")
     unsupported = {
         "peft_type": cfg.get("peft_type") not in (None, "LORA"),
         "use_dora": bool(cfg.get("use_dora")),
@@ -85,7 +88,7 @@ def read_peft_expert(path: str | Path, name: str | None = None) -> Expert:
     bad = [k for k, v in unsupported.items() if v]
     if bad:
         raise MixtureError(f"{config_file}: the mixture supports plain LoRA only; unsupported: {', '.join(bad)}")
-    r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
+    r, alpha = _rank_and_alpha(cfg, config_file)
     scaling = alpha / (r**0.5) if cfg.get("use_rslora") else alpha / r
     A, B = {}, {}
     for key, tensor in tensors.items():
@@ -100,7 +103,28 @@ def read_peft_expert(path: str | Path, name: str | None = None) -> Expert:
             raise MixtureError(f"{weights_file}: unexpected tensor {key!r} (only lora_A/lora_B are supported)")
     if A.keys() != B.keys() or not A:
         raise MixtureError(f"{weights_file}: lora_A and lora_B tensors do not pair up")
+    for module in A:
+        # The scale is alpha/r from the config while A and B come from the weights: a config whose r
+        # disagrees with them would silently rescale the expert.
+        if A[module].dim() != 2 or B[module].dim() != 2 or A[module].shape[0] != r or B[module].shape[1] != r:
+            raise MixtureError(
+                f"{path}: adapter_config.json says r = {r}, but {module}'s lora_A is {tuple(A[module].shape)} and "
+                f"lora_B {tuple(B[module].shape)} in {weights_file.name} (rank {A[module].shape[0]})"
+            )
     return Expert(name=name or path.name, A=A, B=B, scaling=scaling, path=str(path))
+
+
+def _rank_and_alpha(cfg: dict, config_file: Path) -> tuple[int, float]:
+    """``r`` and ``lora_alpha`` of an adapter config, each present and of a usable value."""
+    for key in ("r", "lora_alpha"):
+        if key not in cfg:
+            raise MixtureError(f"{config_file}: field '{key}' is missing")
+    r, alpha = cfg["r"], cfg["lora_alpha"]
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+        raise MixtureError(f"{config_file}: field 'r' must be a positive integer, got {r!r}")
+    if not isinstance(alpha, int | float) or isinstance(alpha, bool) or not math.isfinite(alpha):
+        raise MixtureError(f"{config_file}: field 'lora_alpha' must be a number, got {alpha!r}")
+    return r, float(alpha)
 
 
 # --------------------------------------------------------------------------------------------------

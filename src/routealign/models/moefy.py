@@ -227,9 +227,14 @@ def read_texts(path: str | None) -> list[str]:
         files = [resolve_path(path)]
     texts = []
     for file in files:
-        with open(file, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                line = line.strip()
+        if Path(file).is_dir():
+            raise ConfigError(f"{file}: is a folder; give a .txt or .jsonl file")
+        with open(file, "rb") as f:  # decoded line by line, so that bad bytes are named by their line
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8").strip()
+                except UnicodeDecodeError as e:
+                    raise ConfigError(f"{file}, line {n}: not UTF-8 text ({e.reason} at byte {e.start} of the line)") from None
                 if not line:
                     continue
                 if not file.endswith(".jsonl"):
@@ -278,22 +283,33 @@ def add_moefy_args(p) -> None:
     p.add_argument("--max-length", type=int, default=256, help="tokens per calibration text")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32", help="dtype to load and save the model in")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier moefy output in --output (a folder moefy did not make is never replaced)")
+
+
+REPORT = "moefy.json"
+"""The conversion report; it also marks a folder as moefy's output, which ``--overwrite`` may replace."""
 
 
 def cmd_moefy(args) -> int:
     from ..config import ModelConfig
-    from ..io import atomic_dir, atomic_write_json
+    from ..io import atomic_dir, atomic_write_json, check_replaceable
     from .loading import load_model, load_tokenizer
 
+    def check_output() -> None:
+        check_replaceable(args.output, marker=REPORT, what="moefy", overwrite=args.overwrite)
+
+    check_output()  # before anything loads; again before the folder is replaced, in case it changed since
     cfg = ModelConfig(name_or_path=args.model, dtype=args.dtype)
     texts = read_texts(args.text)[: args.max_texts]
     tokenizer = load_tokenizer(cfg)
     model = load_model(cfg).eval()
     result = convert(model, tokenizer, texts, experts=args.experts, top_k=args.top_k, seed=args.seed, max_length=args.max_length)
     result.report["source_model"] = args.model
+    check_output()
     with atomic_dir(Path(args.output)) as tmp:
         result.model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        atomic_write_json(tmp / "moefy.json", result.report)
+        atomic_write_json(tmp / REPORT, result.report)
     print(json.dumps(result.report, indent=2))
     return 0

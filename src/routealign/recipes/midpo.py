@@ -19,6 +19,7 @@ Launch with ``routealign train`` or ``accelerate launch -m routealign train``; t
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -29,7 +30,7 @@ import torch
 from accelerate import Accelerator
 
 from ..config import ConfigError, GateConfig, LoraConfig, ModelConfig, TrainConfig
-from ..data import DataConfig, PreferencePair, load_preferences
+from ..data import DataConfig, DataError, PreferencePair, load_preferences
 from ..data.collate import encode_pairs, ensure_chat_template, pair_collator
 from ..distributed import map_shards, on_main
 from ..dpo import (
@@ -206,6 +207,11 @@ def prepare(cfg: MidPOConfig, accelerator: Accelerator) -> Prepared:
     ensure_chat_template(tokenizer, cfg.model.chat_template_fallback, cfg.model.name_or_path)
     tokenizer.padding_side = "right"
     records = {name: load_preferences(cfg.stage(name).data) for name in (*EXPERTS, "router")}
+    finished = {name: on_main(accelerator, (Path(cfg.output_dir) / "experts" / name / "adapter_config.json").is_file)
+                for name in EXPERTS}  # fmt: skip
+    for name in EXPERTS:
+        if not finished[name]:
+            check_scorer(cfg.stage(name).margin, name)
     model = load_model(cfg.model)
     for name in EXPERTS:
         check_targets(model, cfg.stage(name).lora.target_modules, f"{name}.lora.target_modules")
@@ -213,15 +219,28 @@ def prepare(cfg: MidPOConfig, accelerator: Accelerator) -> Prepared:
     for name, rows in records.items():
         stage = cfg.stage(name)
         margin = stage.margin.source if isinstance(stage, ExpertStage) else "none"
-        finished = on_main(accelerator, (Path(cfg.output_dir) / "experts" / name / "adapter_config.json").is_file)
-        if margin != "none" and not finished:
+        done = finished.get(name, False)
+        if margin != "none" and not done:
             # Each process scores its share; every process gets all the scores.
             scores = map_shards(accelerator, rows, lambda part, stage=stage, name=name: margin_scores(part, stage.margin, name))
             for pair, (chosen, rejected) in zip(rows, scores, strict=True):
                 pair.chosen_score, pair.rejected_score = chosen, rejected
         pairs[name] = encode_pairs(rows, tokenizer, stage.train.max_length, from_divergence=stage.from_divergence,
-                                   scores=margin != "none" and not finished)  # fmt: skip
+                                   scores=margin != "none" and not done)  # fmt: skip
     return Prepared(tokenizer, model, pairs, hf_fingerprint(model, tokenizer, cfg.model).digest)
+
+
+def check_scorer(margin: MarginConfig, stage: str) -> None:
+    """A reward or cost model must be reachable before the policy model loads: its config is read now
+    (a small file, from the hub cache when offline), its weights when the pairs are scored."""
+    if margin.source != "model":
+        return
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(margin.model, revision=margin.model_revision, trust_remote_code=margin.trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"{stage}.margin.model: cannot find {margin.model!r}: {e}") from None
 
 
 def margin_scores(pairs: list[PreferencePair], margin: MarginConfig, stage: str) -> list[tuple[float, float]]:
@@ -246,11 +265,19 @@ def margin_scores(pairs: list[PreferencePair], margin: MarginConfig, stage: str)
     elif margin.source == "model":
         from ..reward import load_scorer, score
 
-        model, tokenizer = load_scorer(margin.model, revision=margin.model_revision, trust_remote_code=margin.trust_remote_code)
+        try:
+            model, tokenizer = load_scorer(margin.model, revision=margin.model_revision, trust_remote_code=margin.trust_remote_code)
+        except ConfigError as e:
+            raise ConfigError(f"{stage}.margin.model: {e}") from None
         flat = score(model, tokenizer, sides, desc=f"{stage}: margin scores")
         del model
     else:
         raise ValueError(f"margin.source: {margin.source!r} gives no scores")
+    for i, value in enumerate(flat):
+        if not math.isfinite(value):  # a broken scorer: NaN would reach every loss of the stage
+            pair = pairs[i // 2]
+            raise DataError(f"{pair.source or 'a pair'}: the {stage}.margin.source: {margin.source} score of its "
+                            f"{('chosen', 'rejected')[i % 2]} response is {value}")
     return [(flat[2 * i], flat[2 * i + 1]) for i in range(len(pairs))]
 
 

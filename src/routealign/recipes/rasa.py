@@ -39,8 +39,6 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 from .. import __version__
 from ..config import ConfigError, ModelConfig, TrainConfig, to_dict
@@ -49,7 +47,14 @@ from ..data.collate import encode_all, ensure_chat_template, prompt_ids, sft_col
 from ..data.records import SFTExample
 from ..distributed import map_shards
 from ..expert_selection import Selection, by_layer, heatmap, random_slots, select_experts
-from ..io import atomic_dir, atomic_write_json, atomic_write_text
+from ..io import (
+    DamagedFileError,
+    atomic_dir,
+    atomic_write_json,
+    atomic_write_text,
+    load_safetensors,
+    save_safetensors,
+)
 from ..losses import mean_routing, routing_kl
 from ..models.artifact import FORMAT_VERSION, MANIFEST, MODEL_FOLDER
 from ..models.loading import load_model, load_tokenizer
@@ -318,7 +323,7 @@ def stage_pairs(cfg: RASAConfig, accelerator: Accelerator, prepared: Prepared, o
         if found != json.loads(json.dumps(pairs_config(cfg))):
             raise ConfigError(f"{pairs_file}: made with other model or pairs settings ({made_by}); delete it, or use another output_dir")
         pairs = [Pair(**json.loads(line)) for line in pairs_file.read_text(encoding="utf-8").splitlines()]
-        tensors = load_file(str(routing_file))
+        tensors, _ = _load_state_file(routing_file)
         return pairs, {side: (tensors[f"{side}.counts"], tensors[f"{side}.positions"]) for side in ("plain", "jailbreak")}
     pairs, report, routing = build_pairs(cfg, accelerator, prepared)
     for name, counts in report.items():
@@ -328,9 +333,7 @@ def stage_pairs(cfg: RASAConfig, accelerator: Accelerator, prepared: Prepared, o
         atomic_write_json(out / "pairs_report.json", report)
         atomic_write_json(made_by, pairs_config(cfg))
         tensors = {f"{side}.{what}": t.contiguous() for side, (c, n) in routing.items() for what, t in (("counts", c), ("positions", n))}
-        tmp = routing_file.with_name(f".{routing_file.name}.tmp")
-        save_file(tensors, str(tmp))
-        tmp.replace(routing_file)
+        save_safetensors(routing_file, tensors, checksum=True)
         atomic_write_text(pairs_file, "".join(json.dumps(asdict(p)) + "\n" for p in pairs))  # last: marks stage 0 done
     accelerator.wait_for_everyone()
     return pairs, routing
@@ -437,11 +440,7 @@ def _full(tensor: torch.Tensor) -> torch.Tensor:
 def _save_progress(accelerator: Accelerator, model, cfg: RASAConfig, out: Path, done: list[str]) -> None:
     state = {n: _full(p.detach()).cpu().contiguous() for n, p in _changing(model, cfg).items()}
     if accelerator.is_main_process:
-        folder = out / "state"
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{STATE_FILE}.tmp"
-        save_file(state, str(tmp), metadata={"done": json.dumps(done)})
-        tmp.replace(folder / STATE_FILE)
+        save_safetensors(out / "state" / STATE_FILE, state, metadata={"done": json.dumps(done)}, checksum=True)
     accelerator.wait_for_everyone()
 
 
@@ -449,9 +448,8 @@ def _load_progress(model, cfg: RASAConfig, out: Path) -> list[str]:
     path = out / "state" / STATE_FILE
     if not path.is_file():
         return []
-    with safe_open(str(path), framework="pt") as f:
-        done = json.loads((f.metadata() or {}).get("done", "[]"))
-    weights = load_file(str(path))
+    weights, header = _load_state_file(path)
+    done = json.loads(header.get("done", "[]"))
     named = _changing(model, cfg)
     if set(weights) != set(named):
         raise ConfigError(f"{path}: saved state does not match this run's trainable parameters; delete it to start over")
@@ -460,6 +458,16 @@ def _load_progress(model, cfg: RASAConfig, out: Path) -> list[str]:
             named[name].copy_(value)
     log.info("resuming after %s", ", ".join(done))
     return done
+
+
+def _load_state_file(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """A saved stage result, checked against the checksum in its header (files of runs from before it
+    existed have none). Damage is a user error naming the file: deleting it redoes that work, which is
+    better than resuming from a corrupted state."""
+    try:
+        return load_safetensors(path, checksum="if-present")
+    except DamagedFileError as e:
+        raise ConfigError(f"{e}; delete it to redo the stages it holds") from None
 
 
 def _master_weights(params: Sequence[torch.nn.Parameter]) -> dict[int, torch.dtype]:
