@@ -64,12 +64,21 @@ def test_expert_paths_outside_the_artifact_are_refused(artifact, tmp_path, path)
         routealign.load(artifact, device="cpu")
 
 
-@pytest.mark.parametrize("backend", ["kernels-community/flash-attn", "flash_attention_2", "flash_attention_3", "flex_attention"])
-def test_a_hub_attention_kernel_in_a_manifest_is_refused(artifact, backend):
-    """With the ``kernels`` package installed, transformers fetches flash attention from the hub: remote code."""
-    _edit_manifest(artifact, lambda m: m["model"].update(attn_implementation=backend))
-    with pytest.raises(MixtureError, match=rf"model.attn_implementation '{backend}' is not a built-in backend \(eager, sdpa\)"):
+def test_a_hub_attention_kernel_in_a_manifest_is_refused(artifact):
+    _edit_manifest(artifact, lambda m: m["model"].update(attn_implementation="kernels-community/flash-attn"))
+    with pytest.raises(MixtureError, match=r"model.attn_implementation 'kernels-community/flash-attn' is not a built-in backend \(eager, sdpa\)"):
         routealign.load(artifact, device="cpu")
+
+
+@pytest.mark.parametrize("backend", ["flash_attention_2", "flash_attention_3", "flex_attention"])
+def test_flash_attention_in_a_manifest_loads_as_sdpa(artifact, backend, caplog):
+    """With the ``kernels`` package installed, transformers fetches flash attention from the hub: remote
+    code. An artifact trained with it still loads, with the built-in sdpa."""
+    _edit_manifest(artifact, lambda m: m["model"].update(attn_implementation=backend))
+    with caplog.at_level("WARNING", logger="routealign.models.artifact"):
+        model = routealign.load(artifact, device="cpu")
+    assert model.config._attn_implementation == "sdpa"
+    assert f"model.attn_implementation {backend} is not taken from a manifest" in caplog.text
 
 
 def test_built_in_attention_in_a_manifest_loads(artifact):

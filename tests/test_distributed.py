@@ -102,12 +102,10 @@ def test_a_nan_loss_on_one_process_stops_every_process_at_that_step(tmp_path):
            "--dynamo_backend", "no", "--main_process_port", str(_free_port()), str(script), str(tmp_path / "ckpt")]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank "))
+    lines = sorted(line.split("; stopped")[0] for line in proc.stdout.splitlines() if line.startswith("rank "))
     assert lines == [
-        "rank 0: expert:demo: a non-finite loss on another process at step 2 of 3; stopped before that optimiser step, "
-        "and nothing of this stage was saved. Look for NaN or infinite values in the data (scores) or lower the learning rate",
-        "rank 1: expert:demo: a loss of nan at step 2 of 3; stopped before that optimiser step, and nothing of this "
-        "stage was saved. Look for NaN or infinite values in the data (scores) or lower the learning rate",
+        "rank 0: expert:demo: a non-finite loss on another process at step 2 of 3",
+        "rank 1: expert:demo: a loss of nan at step 2 of 3",
     ]
 
 

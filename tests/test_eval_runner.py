@@ -549,7 +549,8 @@ def test_answers_from_an_earlier_run_are_judged_again_without_a_model(tmp_path, 
     assert not all(r["refused"] for r in earlier)
     monkeypatch.setattr("routealign.evaluation.runner._backend", lambda *a, **k: pytest.fail("a model was loaded"))
     again = {**first, "output_dir": str(tmp_path / "again"), "answers_from": str(tmp_path / "run"), "judge": "refuses",
-             "model": {"name_or_path": "no/such-model", "device": "cpu"}, "informativeness": False}
+             "model": {"name_or_path": "no/such-model", "device": "cpu"}, "informativeness": False,
+             "generation": {"max_new_tokens": 99}}  # not how the answers were made
     run_eval(load_eval_config(str(_write(tmp_path, again, "again.yaml"))))
     rows = [json.loads(line) for line in (tmp_path / "again" / "samples.jsonl").read_text().splitlines()]
     assert [r["response"] for r in rows] == [r["response"] for r in earlier]
@@ -559,7 +560,9 @@ def test_answers_from_an_earlier_run_are_judged_again_without_a_model(tmp_path, 
     assert summary["run"]["fingerprint"] == before["run"]["fingerprint"]
     assert summary["run"]["answers_from"]["folder"] == str(tmp_path / "run")
     assert summary["benchmarks"]["harmful"]["n"] == 6
-    # The new folder carries the answers it judged, so it can be judged from in turn.
+    # The new folder carries the answers it judged, so it can be judged from in turn, whatever generation
+    # settings its own config (which generated nothing) held.
+    assert summary["run"]["answers_from"]["generation"]["max_new_tokens"] == 6
     third = {**again, "output_dir": str(tmp_path / "third"), "answers_from": str(tmp_path / "again"), "judge": "refusal-keywords"}
     run_eval(load_eval_config(str(_write(tmp_path, third, "third.yaml"))))
     rows = [json.loads(line) for line in (tmp_path / "third" / "samples.jsonl").read_text().splitlines()]

@@ -184,7 +184,25 @@ def test_a_folder_with_foreign_files_is_refused_and_left_as_it_was(tmp_path):
         pass
     with pytest.raises(FolderBusyError, match="empty: is a routealign evaluation folder, not a training one"):
         refuse_foreign(tmp_path / "empty", "training")  # an eval folder is not a training run's
-    refuse_foreign(mine, "training", markers=("thesis.tex",))  # a marker makes it one
+    refuse_foreign(mine, "training", ours=lambda f: (f / "thesis.tex").is_file())  # what the caller recognises
+
+
+def test_earlier_outputs_are_told_from_user_files_of_the_same_name(tmp_path, tiny_model_dir, capsys):
+    """A folder with a run_config.json or summary.json that routealign did not write is still foreign."""
+    from routealign.cli import main
+    from routealign.evaluation.metrics import is_eval_folder
+    from routealign.recipes.common import is_run_folder
+
+    (tmp_path / "run_config.json").write_text('{"lr": 3}')
+    (tmp_path / "summary.json").write_text('{"accuracy": 0.9}')
+    (tmp_path / "thesis.tex").write_text("years of work")
+    assert not is_run_folder(tmp_path) and not is_eval_folder(tmp_path)
+    assert main(["quickstart", "--retrain", "--output-dir", str(tmp_path)]) == 2  # would have deleted it
+    assert "not a routealign training folder" in capsys.readouterr().err
+    assert (tmp_path / "thesis.tex").read_text() == "years of work"
+    (tmp_path / "run_config.json").write_text('{"recipe": "safemoe", "output_dir": "x"}')
+    (tmp_path / "summary.json").write_text('{"run": {}, "benchmarks": {}}')
+    assert is_run_folder(tmp_path) and is_eval_folder(tmp_path)  # as runs from before the lock named its holder
 
 
 def test_a_folder_is_replaced_only_when_it_is_the_commands_own_and_the_user_asks(tmp_path):

@@ -130,18 +130,27 @@ def test_bad_margin_settings_and_data_fail_before_training(tmp_path, tiny_model_
     assert not (tmp_path / "e" / "run").exists()  # nothing claimed
 
 
-def test_a_score_that_overflows_stops_the_expert_before_anything_is_written(tmp_path, tiny_model_dir, cache, capsys):
-    """1e39 is a finite number, so it passes the data check, but float32 holds it as inf: the margin and
-    the loss become infinite. Training stops at that step, exit 2, and no expert is written."""
+def test_a_score_beyond_float32_is_refused_with_its_file_and_line(tmp_path, tiny_model_dir, cache):
+    """1e39 is a finite number to Python but infinite as the float32 the loss reads it as."""
+    data = midpo_config(tmp_path, tiny_model_dir, scores=True)
+    data["safety"]["margin"] = {"source": "columns", "higher_is": "worse"}
+    rows = [json.loads(line) for line in (tmp_path / "safety.jsonl").read_text().splitlines()]
+    rows[1]["rejected_score"] = 1e39
+    (tmp_path / "safety.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"safety.jsonl, line 2: field 'rejected_score' is 1e\+39, not a finite float32"):
+        main(load_config(MidPOConfig, data=data))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_loss_that_overflows_stops_the_expert_before_it_is_written(tmp_path, tiny_model_dir, cache, capsys):
+    """A margin scaled past float32's range makes the loss infinite at the first step: training stops
+    there with the stage and step named, exit 2, and no expert is written."""
     import yaml
 
     from routealign.cli import main as cli_main
 
     data = midpo_config(tmp_path, tiny_model_dir, scores=True)
-    rows = [json.loads(line) for line in (tmp_path / "safety.jsonl").read_text().splitlines()]
-    rows = [{**r, "rejected_score": 1e39} for r in rows]
-    (tmp_path / "safety.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    data["safety"]["margin"] = {"source": "columns", "higher_is": "worse"}
+    data["safety"]["margin"] = {"source": "columns", "higher_is": "worse", "scale": 1e39}
     config = tmp_path / "midpo.yaml"
     config.write_text(yaml.safe_dump(data))
     assert cli_main(["train", "--config", str(config)]) == 2
@@ -271,14 +280,20 @@ def test_a_reward_model_that_is_missing_unloadable_or_broken_is_a_clear_error(tm
     missing = {"source": "model", "model": str(tmp_path / "no-such-reward-model"), "higher_is": "better"}
     with pytest.raises(ConfigError, match=r"safety.margin.model: cannot find '.*no-such-reward-model'"):
         run(tmp_path / "a", tiny_model_dir, safety__margin=missing)
-    monkeypatch.undo()
     # Weights only as a pickle (.bin): refused, since a reward model may come from anywhere.
     weights = load_file(str(reward_model_dir / "model.safetensors"))
     (reward_model_dir / "model.safetensors").unlink()
     torch.save(weights, reward_model_dir / "pytorch_model.bin")
     pickled = {**missing, "model": str(reward_model_dir)}
-    with pytest.raises(ConfigError, match=r"safety.margin.model: .*reward: cannot load it as a reward or cost model"):
+    with pytest.raises(ConfigError, match=r"safety.margin.model: .*reward holds no .safetensors weights"):
         run(tmp_path / "b", tiny_model_dir, safety__margin=pickled)
+    config = json.loads((reward_model_dir / "config.json").read_text())
+    (reward_model_dir / "config.json").write_text(json.dumps({**config, "num_labels": 2, "id2label": {"0": "a", "1": "b"}}))
+    with pytest.raises(ConfigError, match=r"safety.margin.model: .*reward has 2 outputs; a reward or cost model has one"):
+        run(tmp_path / "b", tiny_model_dir, safety__margin=pickled)
+    (reward_model_dir / "config.json").write_text(json.dumps(config))
+    assert not loaded
+    monkeypatch.undo()
     # A model whose scores are NaN: named with the pair it scored, before anything trains.
     (reward_model_dir / "pytorch_model.bin").unlink()
     save_file({k: torch.full_like(v, float("nan")) if k == "score.weight" else v for k, v in weights.items()},

@@ -10,13 +10,14 @@ The adapter lands in OUT/merge (a PEFT folder).
 from __future__ import annotations
 
 import argparse
-import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 from peft import PeftModel
 
 from routealign.config import GateConfig, ModelConfig
+from routealign.io import atomic_dir
 from routealign.models.loading import load_model
 from routealign.models.mixture import attach_mixture, read_peft_expert
 
@@ -52,12 +53,11 @@ def main() -> None:
     gap = (merged - expected).abs().max().item()
     if gap > 1e-3:
         raise SystemExit(f"the PEFT merge differs from 0.5·ΔS + 0.5·ΔH by {gap:.2e} in the logits")
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, selected_adapters=["merge"])
-    out.mkdir(parents=True, exist_ok=True)
-    (tmp / "merge").replace(out / "merge")
-    shutil.rmtree(tmp, ignore_errors=True)
+    # PEFT saves a named adapter into a subfolder of its own; atomic_dir gives its files the umask's modes.
+    with atomic_dir(out / "merge") as final, tempfile.TemporaryDirectory(dir=final.parent) as scratch:
+        model.save_pretrained(scratch, selected_adapters=["merge"])
+        for file in (Path(scratch) / "merge").iterdir():
+            file.replace(final / file.name)
     print(f"{out / 'merge'}: 0.5·safety + 0.5·helpfulness (max logit gap to the fixed mixture {gap:.1e})")
 
 

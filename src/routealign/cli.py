@@ -35,17 +35,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from .data import DataConfig, load_prompts
-    from .io import refuse_foreign
     from .models.artifact import MANIFEST, load, load_artifact_tokenizer
     from .recipes import load_recipe_config
-    from .recipes.common import RUN_MARKERS
     from .recipes.safemoe import main as train_safemoe
 
     cfg = load_recipe_config(QUICKSTART_CONFIG, [f"output_dir={args.output_dir}", *args.overrides])
     out = Path(cfg.output_dir)
-    refuse_foreign(out, "training", RUN_MARKERS)  # --retrain deletes only a training run's folder
-    if args.retrain and out.is_dir():
-        shutil.rmtree(out)
+    if args.retrain:
+        _empty_run_folder(out)
     if (out / MANIFEST).is_file():
         print(f"using the SafeMoE model already trained in {out} (--retrain to train it again)")
     else:
@@ -56,6 +53,24 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     _side_by_side(model, tokenizer, prompts, args.max_new_tokens, args.show_routing)
     _heldout_report(model, tokenizer)
     return 0
+
+
+def _empty_run_folder(out: Path) -> None:
+    """Delete what a training run left in ``out``, holding its lock (a run writing it now is not disturbed);
+    a folder that is not a training run's is refused, not deleted."""
+    from .io import LOCK_FILE, folder_lock
+    from .recipes.common import is_run_folder
+
+    if not out.is_dir():
+        return
+    with folder_lock(out, "training", is_run_folder):
+        for entry in out.iterdir():
+            if entry.name == LOCK_FILE:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

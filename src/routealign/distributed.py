@@ -89,9 +89,9 @@ def map_shards(state, items: Sequence[T], fn: Callable[[list[T]], list]) -> list
 
 @contextmanager
 def claimed(folder: str | Path, what: str, state, check: Callable[[], T] = lambda: None,
-            markers: tuple[str, ...] = ()) -> Iterator[T]:  # fmt: skip
+            ours: Callable[[Path], bool] | None = None) -> Iterator[T]:  # fmt: skip
     """Hold ``folder`` for this run on the main process (:func:`routealign.io.folder_lock`, which refuses
-    a folder that no earlier ``what`` made unless it holds one of ``markers``) for the block, then run
+    a folder that no earlier ``what`` made and ``ours`` does not recognise) for the block, then run
     ``check()`` there, under the lock; every process gets its value, or its error (a busy folder
     included) raised on every process."""
     from .io import folder_lock
@@ -99,7 +99,7 @@ def claimed(folder: str | Path, what: str, state, check: Callable[[], T] = lambd
     with ExitStack() as stack:
 
         def claim() -> T:
-            stack.enter_context(folder_lock(folder, what, markers))
+            stack.enter_context(folder_lock(folder, what, ours))
             return check()
 
         yield on_main(state, claim)

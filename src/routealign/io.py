@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -237,15 +237,25 @@ def locked_by(folder: Path) -> str | None:
         return None
 
 
-def refuse_foreign(folder: str | os.PathLike, what: str, markers: tuple[str, ...] = ()) -> None:
+def json_object_with(path: Path, *keys: str) -> bool:
+    """Whether ``path`` is a JSON object holding every one of ``keys``: how an earlier routealign output
+    is told from a user's file of the same name."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and all(k in data for k in keys)
+
+
+def refuse_foreign(folder: str | os.PathLike, what: str, ours: Callable[[Path], bool] | None = None) -> None:
     """Refuse to write into ``folder`` when it holds anything and is not ``what``'s own: claimed by a
-    ``what`` before (its lock file says so) or holding one of ``markers``. Never destroy, or mix files
-    into, what routealign did not make."""
+    ``what`` before (its lock file says so), or recognised by ``ours`` (an output from before the lock
+    recorded its holder). Never destroy, or mix files into, what routealign did not make."""
     folder = Path(folder)
     if not folder.is_dir() or _is_empty_dir(folder):
         return
     holder = locked_by(folder)
-    if holder == what or any((folder / m).exists() for m in markers):
+    if holder == what or (ours is not None and ours(folder)):
         return
     if holder is not None:
         raise FolderBusyError(f"{folder}: is a routealign {holder} folder, not a {what} one; choose another folder")
@@ -275,7 +285,7 @@ def check_replaceable(folder: str | os.PathLike, *, marker: str, what: str, over
 
 
 @contextmanager
-def folder_lock(folder: str | os.PathLike, what: str = "run", markers: tuple[str, ...] = ()) -> Iterator[Path]:
+def folder_lock(folder: str | os.PathLike, what: str = "run", ours: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Hold an exclusive lock on ``folder`` (created if needed) for the block, or fail at once.
 
     The lock is ``flock`` on ``FOLDER/.routealign.lock``: the kernel drops it when the process dies, so
@@ -285,7 +295,7 @@ def folder_lock(folder: str | os.PathLike, what: str = "run", markers: tuple[str
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise FolderBusyError(f"{folder}: is a file, not a folder; choose another output folder")
-    refuse_foreign(folder, what, markers)
+    refuse_foreign(folder, what, ours)
     folder.mkdir(parents=True, exist_ok=True)
     lock_path = folder / LOCK_FILE
     f = open(lock_path, "a+", encoding="utf-8")

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .config import ConfigError, TrainConfig
+from .distributed import on_main
 from .io import (
     DamagedFileError,
     atomic_write_text,
@@ -152,8 +153,9 @@ def _stop_if_not_finite(accelerator: Accelerator, stage: Stage, bad: float | Non
     if flag:
         seen = f"a loss of {bad}" if bad is not None else "a non-finite loss on another process"
         raise NonFiniteLossError(
-            f"{stage.name}: {seen} at step {step} of {total}; stopped before that optimiser step, and nothing of "
-            "this stage was saved. Look for NaN or infinite values in the data (scores) or lower the learning rate"
+            f"{stage.name}: {seen} at step {step} of {total}; stopped before that optimiser step, so the stage's "
+            "result was not written (checkpoints saved before it hold finite weights). Look for NaN or infinite "
+            "values in the data or settings (scores, margin scale), or lower the learning rate"
         )
 
 
@@ -242,6 +244,10 @@ def _load_checkpoint(path: Path, accelerator, model, optimizer, scheduler) -> tu
             f"{path}: saved by {state.get('num_processes', 1)} processes, resumed with {accelerator.num_processes}; "
             "the data order would differ. Resume with the same number of processes, or delete the checkpoint"
         )
+    # Every file is checked on the main process first, so that damage to one process's RNG file stops all
+    # of them here rather than one, leaving the others waiting at their next collective.
+    files = ["trainable", "optimizer", *(f"rng_{i}" for i in range(accelerator.num_processes))]
+    on_main(accelerator, lambda: [_read(path / f"{name}.safetensors") for name in files] and None)
     weights = _read(path / "trainable.safetensors")
     named = dict(accelerator.unwrap_model(model).named_parameters())
     missing = [n for n, p in named.items() if p.requires_grad and n not in weights]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 
 import torch
@@ -15,6 +16,8 @@ log = logging.getLogger(__name__)
 
 IGNORE = -100
 """Label of positions that carry no loss (prompt and padding), as transformers' losses expect."""
+FLOAT32_MAX = torch.finfo(torch.float32).max
+"""Scores beyond it are infinite once the loss reads them as float32."""
 
 PLAIN_TEMPLATE = (
     "{% for message in messages %}"
@@ -133,6 +136,9 @@ def encode_pair(pair: PreferencePair, tokenizer, max_length: int, *, from_diverg
         score = getattr(pair, f"{side}_score")
         if score is None:
             raise DataError(f"{pair.source or 'a preference pair'}: field '{side}_score' is missing")
+        if not math.isfinite(score) or abs(score) > FLOAT32_MAX:  # the loss reads scores as float32
+            raise DataError(f"{pair.source or 'a preference pair'}: field '{side}_score' is {score}, not a finite "
+                            "float32 number")
         out[f"{side}_score"] = float(score)
     return out
 

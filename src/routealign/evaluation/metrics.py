@@ -397,6 +397,13 @@ def write_summary(run_dir: str | os.PathLike, summary: dict) -> Path:
     return path
 
 
+def is_eval_folder(folder: str | os.PathLike) -> bool:
+    """An eval run folder, also one from before its lock recorded the holder: its summary has a run block."""
+    from ..io import json_object_with
+
+    return json_object_with(Path(folder) / SUMMARY, "run", "benchmarks")
+
+
 def load_summary(run_dir: str | os.PathLike) -> dict:
     """Read ``RUN_DIR/summary.json``; a missing file is a FileNotFoundError naming the path."""
     path = Path(run_dir) / SUMMARY

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import ConfigError
-from ..io import atomic_dir, atomic_write_text, refuse_foreign
-from .metrics import SAMPLES, SUMMARY, load_samples, load_summary
+from ..io import atomic_dir, atomic_write_text, locked_by, refuse_foreign
+from .metrics import SAMPLES, is_eval_folder, load_samples, load_summary
 
 EXAMPLES_PER_BENCHMARK = 3
 TRUNCATE_CHARS = 600
@@ -576,7 +576,8 @@ def compare_runs(run_dirs: Sequence[str | Path], output_dir: str | Path) -> tupl
     if not run_dirs:
         raise ConfigError("compare_runs: give at least one run folder")
     # Into a new or empty folder, an earlier comparison or an eval run folder; never among others' files.
-    refuse_foreign(output_dir, "comparison", markers=("compare.md", SUMMARY))
+    refuse_foreign(output_dir, "comparison", ours=lambda folder: locked_by(folder) == "evaluation" or
+                   is_eval_folder(folder) or _is_comparison(folder / "compare.md"))  # fmt: skip
     run_dirs = [Path(d) for d in run_dirs]
     summaries = [load_summary(d) for d in run_dirs]
     labels = run_labels(run_dirs, summaries)
@@ -587,6 +588,14 @@ def compare_runs(run_dirs: Sequence[str | Path], output_dir: str | Path) -> tupl
     blocks += _scatter_section(summaries, labels)
     blocks += _compare_benchmarks(summaries, labels)
     return _write_documents(Path(output_dir), "compare", "compare_plots", "routealign comparison", blocks)
+
+
+def _is_comparison(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readline().strip() == "# routealign comparison"
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def run_labels(run_dirs: Sequence[Path], summaries: Sequence[dict]) -> list[str]:

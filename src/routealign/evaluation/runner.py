@@ -205,6 +205,9 @@ class EarlierRun:
     """Its sample rows of the capability benchmarks this config lists, copied as they are."""
     run: dict
     """The earlier summary's ``run`` block (model, fingerprint, ...)."""
+    generation: dict
+    """The settings the answers were generated with (the earlier run's, or, if it judged answers from
+    yet another folder, those it recorded): with the fingerprint, the answer cache's key."""
 
 
 def plan_eval(cfg: EvalConfig) -> Plan:
@@ -250,9 +253,13 @@ def _earlier_run(cfg: EvalConfig, rows: list[dict], capability: list[tuple[Bench
     if folder.resolve() == Path(cfg.output_dir).expanduser().resolve():
         raise ConfigError("answers_from: is the output_dir; write the new verdicts to another folder")
     samples, summary, cache_file = folder / SAMPLES, folder / SUMMARY, folder / GENERATIONS
-    for path in (samples, summary, cache_file):
+    for path in (samples, summary):
         if not path.is_file():
             raise ConfigError(f"answers_from: {path} is missing (give a routealign eval output folder)")
+    if not cache_file.is_file():
+        raise ConfigError(f"answers_from: {cache_file} is missing: the answers are read from a run's answer cache "
+                          "(a folder that an older routealign judged from another's answers has none: give the "
+                          "folder that generated them)")
     run, fingerprint_id, settings = _earlier_summary(summary)
     recorded = run.get("samples_sha256")
     if recorded is not None and hashlib.sha256(samples.read_bytes()).hexdigest() != recorded:
@@ -304,7 +311,7 @@ def _earlier_run(cfg: EvalConfig, rows: list[dict], capability: list[tuple[Bench
             raise ConfigError(f"answers_from: {name!r} was run with other settings there ({', '.join(changed)}); "
                               "give it the same settings or leave it out")
         capability_rows += by_benchmark[name]
-    return EarlierRun(str(folder), answers, capability_rows, run)
+    return EarlierRun(str(folder), answers, capability_rows, run, asdict(settings))
 
 
 def _earlier_summary(path: Path) -> tuple[dict, str, GenerationSettings]:
@@ -316,7 +323,9 @@ def _earlier_summary(path: Path) -> tuple[dict, str, GenerationSettings]:
             run = json.load(f)["run"]
         fingerprint = dict(run["fingerprint"])
         fingerprint_id = fingerprint.pop("id")
-        settings = GenerationSettings(**run["config"]["generation"])
+        # A folder that judged answers from another one records how those were generated, not its own config.
+        earlier = run.get("answers_from") or {}
+        settings = GenerationSettings(**(earlier.get("generation") or run["config"]["generation"]))
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise DataError(f"answers_from: {path}: not a routealign summary with a fingerprint and generation "
                         f"settings ({type(e).__name__}: {e})") from None
@@ -404,6 +413,11 @@ def _check_services(cfg: EvalConfig, judge, *, references: bool) -> None:
         if not os.environ.get(env):
             raise ConfigError(f"{key}: the environment variable {env} is not set (a server that needs no key takes any value)")
     minilm = cfg.judge == "minilm" and "encoder" not in cfg.judge_options
+    if cfg.judge == "minilm" and isinstance(cfg.judge_options.get("encoder"), str):
+        from ..judges.embedding import check_encoder
+
+        with _named("judge_options.encoder"):
+            check_encoder(cfg.judge_options["encoder"])
     needs = [k for k, needed in (("judge", minilm), ("informativeness", cfg.informativeness and references)) if needed]
     if needs:
         try:
@@ -552,11 +566,13 @@ def _named(key: str):
 
 def run_eval(cfg: EvalConfig) -> Path:
     """Evaluate, write the run directory, return its path."""
+    from .metrics import is_eval_folder
+
     plan = plan_eval(cfg)  # every name, path, column and option, before anything is loaded or claimed
     out = Path(cfg.output_dir)
     state = process_state()
     try:
-        with claimed(out, "evaluation", state, lambda: _remove_stale_outputs(out)):
+        with claimed(out, "evaluation", state, lambda: _remove_stale_outputs(out), ours=is_eval_folder):
             return _run(cfg, plan, out, state)
     finally:
         # The other processes stop after generating, while the main one judges. Each leaves the process
@@ -611,7 +627,8 @@ def _run(cfg: EvalConfig, plan: Plan, out: Path, state) -> Path:
     }
     if plan.earlier is not None:
         run["answers_from"] = {"folder": plan.earlier.folder, "date": plan.earlier.run.get("date"),
-                               "judge": plan.earlier.run.get("judge"), "config": plan.earlier.run.get("config")}
+                               "judge": plan.earlier.run.get("judge"), "config": plan.earlier.run.get("config"),
+                               "generation": plan.earlier.generation}
     text = "".join(_json_line(r) for r in rows)
     atomic_write_text(out / SAMPLES, text)
     run["samples_sha256"] = hashlib.sha256(text.encode("utf-8")).hexdigest()  # what answers_from checks

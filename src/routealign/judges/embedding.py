@@ -65,13 +65,27 @@ def encoder_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
+def check_encoder(path: str | os.PathLike) -> Path:
+    """An encoder folder given as an option: there, and with its weights in safetensors."""
+    from ..config import ConfigError
+    from ..data.sources import resolve_path
+
+    folder = Path(resolve_path(str(path)))
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"{path}: not a sentence encoder folder (no config.json)")
+    if not (folder / "model.safetensors").is_file():
+        raise ConfigError(f"{path}: no model.safetensors (the encoder's weights are read from safetensors only; "
+                          "a .bin is a pickle)")
+    return folder
+
+
 class SentenceEncoder:
     """Masked-mean-pooled, L2-normalised sentence embeddings from a BERT-style encoder folder."""
 
     def __init__(self, path: str | os.PathLike | None = None, *, device: str = "cpu", batch_size: int = 32):
         from transformers import AutoModel, AutoTokenizer
 
-        folder = Path(path) if path is not None else encoder_path()
+        folder = check_encoder(path) if path is not None else encoder_path()
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         # safetensors only: an encoder folder given as a judge option may come from anywhere (.bin is a pickle).
         self.model = AutoModel.from_pretrained(folder, use_safetensors=True).to(device).eval()

@@ -11,6 +11,7 @@ Layout (every file written atomically; ``routealign.json`` last, so its presence
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from ..config import GateConfig, ModelConfig, from_dict
 from ..io import atomic_write_json, save_safetensors
 from .loading import load_model, load_tokenizer
 from .mixture import Mixture, MixtureError, attach_mixture, read_peft_expert
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "routealign.json"
 GATES = "gates.safetensors"
@@ -85,9 +88,11 @@ def read_manifest(folder: str | Path) -> dict:
 
 
 SAFE_ATTENTION = (None, "eager", "sdpa")
-"""Attention backends a manifest may name: those that run transformers' and torch's own code. The
-flash-attention names are refused: with the ``kernels`` package installed, transformers fetches them as
-hub kernels, which is remote code; a user who wants them passes the model themselves."""
+"""Attention backends a manifest may name: those that run transformers' and torch's own code."""
+FAST_ATTENTION = ("flash_attention_2", "flash_attention_3", "flex_attention")
+"""Backends a model may have been trained with but a manifest cannot ask for: with the ``kernels``
+package installed transformers fetches flash attention from the hub, which is remote code. An artifact
+naming one loads with ``sdpa`` (the same attention, up to rounding)."""
 
 
 def model_config(folder: str | Path, *, trust_remote_code: bool = False, **overrides) -> ModelConfig:
@@ -102,6 +107,10 @@ def model_config(folder: str | Path, *, trust_remote_code: bool = False, **overr
     data = dict(manifest["model"])
     if manifest.get("recipe") in MODEL_RECIPES:  # the trained weights themselves, inside the folder
         data.update(name_or_path=str(Path(folder) / MODEL_FOLDER), gguf_file=None, revision=None)
+    if data.get("attn_implementation") in FAST_ATTENTION:
+        log.warning("%s: model.attn_implementation %s is not taken from a manifest (it may fetch a hub kernel); "
+                    "loading with sdpa", where, data["attn_implementation"])
+        data["attn_implementation"] = "sdpa"
     if data.get("attn_implementation") not in SAFE_ATTENTION:
         raise MixtureError(
             f"{where}: model.attn_implementation {data['attn_implementation']!r} is not a built-in backend "

@@ -16,7 +16,7 @@ from peft import get_peft_model
 
 from ..config import ConfigError, GateConfig, LoraConfig, from_dict, to_dict
 from ..distributed import claimed, on_main
-from ..io import atomic_dir, atomic_write_json, recover_dir, refuse_foreign
+from ..io import atomic_dir, atomic_write_json, json_object_with, recover_dir, refuse_foreign
 from ..models.artifact import GATES, MANIFEST, save_gates, write_manifest
 from ..models.mixture import Mixture
 from ..training import Stage, clear_checkpoint, run_stage
@@ -27,9 +27,6 @@ log = logging.getLogger(__name__)
 
 LOGGING_ONLY = ("log_every", "save_every")
 """Train fields that change how a run reports, not what it computes: a resume may change them."""
-RUN_MARKERS = ("run_config.json", "pairs_config.json")
-"""What marks a training run's folder besides its lock file: the record every run writes first, and
-RASA's record of stage 0, whose result a new run folder may be given to reuse."""
 
 
 def check_targets(model: torch.nn.Module, targets: Sequence[str], key: str = "experts.lora.target_modules") -> None:
@@ -63,6 +60,13 @@ def _result_fields(cfg) -> dict:
             for key in LOGGING_ONLY:
                 block["train"].pop(key, None)
     return data
+
+
+def is_run_folder(folder: Path) -> bool:
+    """A training run's folder from before its lock recorded the holder: its ``run_config.json`` names a
+    recipe, or RASA's record of stage 0 is there (a new run folder may be given that result to reuse)."""
+    return json_object_with(folder / "run_config.json", "recipe") or json_object_with(
+        folder / "pairs_config.json", "model", "pairs", "prompt_tokens")
 
 
 def finished_or_refused(out: Path, cfg) -> bool:
@@ -107,7 +111,7 @@ def run_recipe(cfg, precision: str, prepare: Callable[[Accelerator], P], train: 
     try:
         # Before any loading: a finished run costs nothing. Read on the main process, so that every
         # process takes the same branch.
-        if on_main(accelerator, lambda: refuse_foreign(out, "training", RUN_MARKERS) or finished_or_refused(out, cfg)):
+        if on_main(accelerator, lambda: refuse_foreign(out, "training", is_run_folder) or finished_or_refused(out, cfg)):
             log.info("%s already holds this run's finished artifact; nothing to train", out)
             return out
         prepared = prepare(accelerator)
@@ -118,7 +122,7 @@ def run_recipe(cfg, precision: str, prepare: Callable[[Accelerator], P], train: 
             atomic_write_json(out / "run_config.json", to_dict(cfg))
             return False
 
-        with claimed(out, "training", accelerator, record_run, markers=RUN_MARKERS) as finished:
+        with claimed(out, "training", accelerator, record_run, ours=is_run_folder) as finished:
             if finished:
                 log.info("%s already holds this run's finished artifact; nothing to train", out)
                 return out

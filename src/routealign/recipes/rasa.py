@@ -53,6 +53,7 @@ from ..io import (
     atomic_write_json,
     atomic_write_text,
     load_safetensors,
+    remove_stale_temps,
     save_safetensors,
 )
 from ..losses import mean_routing, routing_kl
@@ -333,6 +334,7 @@ def stage_pairs(cfg: RASAConfig, accelerator: Accelerator, prepared: Prepared, o
         atomic_write_json(out / "pairs_report.json", report)
         atomic_write_json(made_by, pairs_config(cfg))
         tensors = {f"{side}.{what}": t.contiguous() for side, (c, n) in routing.items() for what, t in (("counts", c), ("positions", n))}
+        remove_stale_temps(routing_file)
         save_safetensors(routing_file, tensors, checksum=True)
         atomic_write_text(pairs_file, "".join(json.dumps(asdict(p)) + "\n" for p in pairs))  # last: marks stage 0 done
     accelerator.wait_for_everyone()
@@ -440,6 +442,7 @@ def _full(tensor: torch.Tensor) -> torch.Tensor:
 def _save_progress(accelerator: Accelerator, model, cfg: RASAConfig, out: Path, done: list[str]) -> None:
     state = {n: _full(p.detach()).cpu().contiguous() for n, p in _changing(model, cfg).items()}
     if accelerator.is_main_process:
+        remove_stale_temps(out / "state" / STATE_FILE)  # a killed save's temporary (the run's lock makes us its one writer)
         save_safetensors(out / "state" / STATE_FILE, state, metadata={"done": json.dumps(done)}, checksum=True)
     accelerator.wait_for_everyone()
 
