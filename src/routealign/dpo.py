@@ -133,8 +133,10 @@ def precompute_reference(
     get the whole result (the main process writes the file), so no process waits idle on another."""
     from .distributed import map_shards, on_main
 
-    # Read on the main process, so that every process takes the same branch.
-    tensors = on_main(state, lambda: _read_cached(path, len(examples))) if state is not None else _read_cached(path, len(examples))
+    def cached() -> dict[str, torch.Tensor] | None:
+        return _read_cached(path, len(examples))
+
+    tensors = on_main(state, cached) if state is not None else cached()  # read on main: one branch for all
     if tensors is not None:
         log.info("reference log-probs of %d pairs read from %s", len(examples), path)
     else:

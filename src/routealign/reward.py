@@ -11,9 +11,30 @@ reward: better; a cost: worse) is not the model's to say: the caller states it (
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+
+
+def check_scorer(name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False) -> None:
+    """What can be known of a reward or cost model before its weights load: its config is there (a small
+    file, from the hub cache when offline) with one output, and a local folder holds safetensors weights.
+    Anything else is a :class:`~routealign.config.ConfigError` naming the model."""
+    from transformers import AutoConfig
+
+    from .config import ConfigError
+
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"cannot find {name_or_path!r}: {e}") from None
+    if getattr(config, "num_labels", 1) != 1:
+        raise ConfigError(f"{name_or_path} has {config.num_labels} outputs; a reward or cost model has one "
+                          "(a classifier: use it as a routealign judge instead)")
+    folder = Path(name_or_path).expanduser()
+    if folder.is_dir() and not any(folder.glob("*.safetensors")):
+        raise ConfigError(f"{name_or_path} holds no .safetensors weights (a .bin is a pickle: convert it)")
 
 
 def load_scorer(name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False, device: str | None = None):
@@ -24,18 +45,14 @@ def load_scorer(name_or_path: str, *, revision: str | None = None, trust_remote_
     from .config import ConfigError
     from .models.loading import pick_device
 
+    check_scorer(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
         # safetensors only: a .bin is a pickle, and this model may come from anywhere.
         model = AutoModelForSequenceClassification.from_pretrained(name_or_path, use_safetensors=True, **kwargs)
-    except (OSError, ValueError, KeyError) as e:  # missing, not a checkpoint, no safetensors, unknown type
+    except (OSError, ValueError, KeyError) as e:  # not a checkpoint, no safetensors on the hub, unknown type
         raise ConfigError(f"{name_or_path}: cannot load it as a reward or cost model: {e}") from None
-    if model.config.num_labels != 1:
-        raise ConfigError(
-            f"{name_or_path}: a reward or cost model has one output; this one has {model.config.num_labels} "
-            "(a classifier: use it as a routealign judge instead)"
-        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     # Too long a pair loses the start of its prompt, never the end of its response (what is scored).

@@ -24,7 +24,6 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .config import ConfigError, TrainConfig
-from .distributed import on_main
 from .io import (
     DamagedFileError,
     atomic_write_text,
@@ -244,11 +243,10 @@ def _load_checkpoint(path: Path, accelerator, model, optimizer, scheduler) -> tu
             f"{path}: saved by {state.get('num_processes', 1)} processes, resumed with {accelerator.num_processes}; "
             "the data order would differ. Resume with the same number of processes, or delete the checkpoint"
         )
-    # Every file is checked on the main process first, so that damage to one process's RNG file stops all
-    # of them here rather than one, leaving the others waiting at their next collective.
-    files = ["trainable", "optimizer", *(f"rng_{i}" for i in range(accelerator.num_processes))]
-    on_main(accelerator, lambda: [_read(path / f"{name}.safetensors") for name in files] and None)
-    weights = _read(path / "trainable.safetensors")
+    # Every process reads every file (the RNG states of the others too, which are small), so damage to any
+    # one stops all of them here, not one while the others wait at their next collective.
+    weights, optimizer_tensors = _read(path / "trainable.safetensors"), _read(path / "optimizer.safetensors")
+    rng = [_read(path / f"rng_{i}.safetensors") for i in range(accelerator.num_processes)][accelerator.process_index]
     named = dict(accelerator.unwrap_model(model).named_parameters())
     missing = [n for n, p in named.items() if p.requires_grad and n not in weights]
     if missing:
@@ -257,7 +255,7 @@ def _load_checkpoint(path: Path, accelerator, model, optimizer, scheduler) -> tu
         for name, value in weights.items():
             named[name].copy_(value)
     entries: dict[int, dict] = {}
-    for key, value in _read(path / "optimizer.safetensors").items():
+    for key, value in optimizer_tensors.items():
         if key != "_empty":
             idx, name = key.split(".", 1)
             entries.setdefault(int(idx), {})[name] = value
@@ -266,7 +264,6 @@ def _load_checkpoint(path: Path, accelerator, model, optimizer, scheduler) -> tu
         entries.setdefault(int(idx), {})[name] = value
     optimizer.load_state_dict({"state": entries, "param_groups": state["param_groups"]})
     scheduler.load_state_dict(state["scheduler"])
-    rng = _read(path / f"rng_{accelerator.process_index}.safetensors")
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(rng["cuda"])

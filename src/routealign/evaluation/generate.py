@@ -141,6 +141,10 @@ class OpenAIBackend:
             return list(pool.map(one, enumerate(prompts)))
 
 
+GENERATIONS = "generations.jsonl"
+"""The answer cache's file in a run folder."""
+
+
 class GenerationCache:
     """``key → {response, routing}`` in one append-only JSONL file."""
 

@@ -231,25 +231,15 @@ def prepare(cfg: MidPOConfig, accelerator: Accelerator) -> Prepared:
 
 
 def check_scorer(margin: MarginConfig, stage: str) -> None:
-    """A reward or cost model must be usable before the policy model loads: its config is read now (a
-    small file, from the hub cache when offline) for its one output, and a local folder must hold
-    safetensors weights; the weights themselves are read when the pairs are scored."""
+    """A reward or cost model must be usable before the policy model loads (:func:`routealign.reward.check_scorer`)."""
     if margin.source != "model":
         return
-    from transformers import AutoConfig
+    from ..reward import check_scorer as check
 
-    key = f"{stage}.margin.model"
     try:
-        config = AutoConfig.from_pretrained(margin.model, revision=margin.model_revision,
-                                            trust_remote_code=margin.trust_remote_code)  # fmt: skip
-    except (OSError, ValueError, KeyError) as e:
-        raise ConfigError(f"{key}: cannot find {margin.model!r}: {e}") from None
-    if getattr(config, "num_labels", 1) != 1:
-        raise ConfigError(f"{key}: {margin.model} has {config.num_labels} outputs; a reward or cost model has one "
-                          "(a classifier: use it as a routealign judge instead)")
-    folder = Path(margin.model).expanduser()
-    if folder.is_dir() and not any(folder.glob("*.safetensors")):
-        raise ConfigError(f"{key}: {margin.model} holds no .safetensors weights (a .bin is a pickle: convert it)")
+        check(margin.model, revision=margin.model_revision, trust_remote_code=margin.trust_remote_code)
+    except ConfigError as e:
+        raise ConfigError(f"{stage}.margin.model: {e}") from None
 
 
 def margin_scores(pairs: list[PreferencePair], margin: MarginConfig, stage: str) -> list[tuple[float, float]]:
