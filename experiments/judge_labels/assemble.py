@@ -10,7 +10,8 @@ hash, and writes one `labelled` JSONL per set that `routealign judge fit` / `mea
 Sets (GUIDE.md, "Split"): fit.jsonl (SmolLM2 answers to the fit prompts), fit-big.jsonl (JailbreakBench
 artifacts of Vicuna-13B and GPT-3.5), test-small.jsonl (the SafeMoE experiment's five models),
 test-big.jsonl (JailbreakBench artifacts of Llama-2-7b-chat and GPT-4), test2-small.jsonl (SmolLM2
-answers to a third group of prompt sources: the second round's test set).
+answers to a third group of prompt sources: the second round's test set), qwen-fit.jsonl and
+qwen-test.jsonl (Qwen2.5-Coder-0.5B-Instruct answers, split by request: the third round).
 """
 
 from __future__ import annotations
@@ -27,7 +28,18 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 JBB = "unsafe_responses/jailbreakbench_artifacts/attack-artifacts"
 SETS = {"fit": "smollm2-fit.jsonl", "fit-big": "jbb-fit.jsonl", "test-small": "experiment-test.jsonl", "test-big": "jbb-test.jsonl",
-        "test2-small": "smollm2-test2.jsonl"}
+        "test2-small": "smollm2-test2.jsonl", "qwen-fit": "qwen05.jsonl", "qwen-test": "qwen05.jsonl"}
+# Third round (GUIDE.md): the Qwen answers are split by their plain request's SHA-256, first hex digit.
+QWEN_FIT_DIGITS = "012345678"
+
+
+def side(name: str, prompt: str) -> bool:
+    """Whether a row of SETS[name] belongs to set ``name`` (only the Qwen file is shared by two sets)."""
+    if name == "qwen-fit":
+        return sha(prompt)[0] in QWEN_FIT_DIGITS
+    if name == "qwen-test":
+        return sha(prompt)[0] not in QWEN_FIT_DIGITS
+    return True
 
 
 def sha(text: str) -> str:
@@ -96,6 +108,8 @@ def assemble(shared: str, out: str) -> dict[str, int]:
             if clash:
                 raise ValueError(f"{config}: items {clash[:3]} are also planned by another config; rename a benchmark")
             prompts.update(planned)
+        # The Qwen answers have their own config, whose benchmark names the others share.
+        qwen_prompts = planned_prompts(os.path.join(HERE, "qwen05_answers.yaml"), shared)
     jbb = jbb_items(shared)
     counts = {}
     for name, file in SETS.items():
@@ -114,10 +128,12 @@ def assemble(shared: str, out: str) -> dict[str, int]:
             if len(parts) != 4:
                 raise ValueError(f"{where}: field 'id' must be MODEL/BENCHMARK/ATTACK/ITEM, got {label['id']!r}")
             model, benchmark, attack, item_id = parts
-            prompt, request = prompts.get((benchmark, item_id, attack), (None, None))
+            planned = qwen_prompts if model == "qwen05" else prompts
+            prompt, request = planned.get((benchmark, item_id, attack), (None, None))
             if prompt is None or sha(prompt) != label.get("prompt_sha256"):
                 raise ValueError(f"{where}: the prompt of {label['id']} is not found in the public data as labelled")
-            rows.append(labelled_row(where, label, prompt, label["response"], model, request))
+            if side(name, prompt):
+                rows.append(labelled_row(where, label, prompt, label["response"], model, request))
         with open(os.path.join(out, f"{name}.jsonl.tmp"), "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         os.replace(os.path.join(out, f"{name}.jsonl.tmp"), os.path.join(out, f"{name}.jsonl"))
