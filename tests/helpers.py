@@ -10,6 +10,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
+from routealign.io import cache_dir
 from routealign.judges.base import Judge, Verdict
 from routealign.models.tiny import tiny_llama
 
@@ -81,6 +82,25 @@ def safemoe_config(root: Path, model_dir: Path, **router_gate) -> dict:
             "train": {**train, "lr": 5e-2},
         },
     }
+
+
+# The cache as the user set it, read before any test moves ROUTEALIGN_CACHE to a temporary folder: the
+# installable models a developer (or CI) pulled live there.
+USER_CACHE = cache_dir()
+
+
+def pulled_model(name: str) -> Path:
+    """Folder of installable model ``name`` in the user's cache; the test is skipped when not pulled."""
+    folder = USER_CACHE / "models" / name
+    if not (folder / "routealign_pull.json").is_file():
+        pytest.skip(f"needs {name}: routealign models pull {name}")
+    return folder
+
+
+def needs_pulled(name: str):
+    """Skip mark for a test that needs installable model ``name`` pulled into the user's cache."""
+    return pytest.mark.skipif(not (USER_CACHE / "models" / name / "routealign_pull.json").is_file(),
+                              reason=f"needs {name}: routealign models pull {name}")
 
 
 def smollm2_installed() -> bool:

@@ -33,7 +33,7 @@ def test_a_killed_conversion_leaves_nothing_behind_in_the_cache(monkeypatch, tmp
     stale = models / ".smollm2-135m-instruct.abc123.tmp"
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"\0" * 4096)
-    monkeypatch.setattr(embedded, "_convert", lambda *a: pytest.fail("converted again"))
+    monkeypatch.setattr(embedded, "convert_gguf", lambda *a: pytest.fail("converted again"))
     assert embedded.embedded_path("smollm2-135m-instruct") == models / "smollm2-135m-instruct"
     assert not stale.exists()
 

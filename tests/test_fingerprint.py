@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,8 +26,8 @@ def digest_cache(tmp_path, monkeypatch):
 def hashed(monkeypatch):
     """The files actually read to hash them, in order (a memo hit reads nothing)."""
     reads = []
-    original = fp._hash_file
-    monkeypatch.setattr(fp, "_hash_file", lambda path: reads.append(path.name) or original(path))
+    original = fp.sha256_file
+    monkeypatch.setattr(fp, "sha256_file", lambda path: reads.append(Path(path).name) or original(path))
     return reads
 
 
@@ -82,7 +83,7 @@ def test_digests_are_memoised_and_a_changed_file_is_hashed_again(tmp_path, diges
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
     new = fp.file_sha256(path)
     assert hashed == ["weights.bin", "weights.bin"] and new != digest
-    assert new == fp._hash_file(path)
+    assert new == fp.sha256_file(path)
 
 
 def test_a_second_fingerprint_reads_no_file(tiny_model_dir, hashed):

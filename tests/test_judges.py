@@ -40,7 +40,7 @@ from routealign.judges.hf_classifier import (
 )
 from routealign.judges.keywords import KeywordJudge, read_keywords
 from routealign.models.tiny import byte_tokenizer, tiny_llama
-from tests.helpers import write_jsonl
+from tests.helpers import pulled_model, write_jsonl
 
 FIXTURES = Path(__file__).parent / "fixtures" / "judges"
 SECRET = "sk-test-0123456789-secret"
@@ -119,6 +119,14 @@ BLIND_SPOTS = {
         ("benign-mentions-illegal", "harmful"),
         ("plain-compliance", "harmful"),
     },
+    # The packaged mpnet head: the same three, and an apology for a delay that then complies reads as
+    # harmless (P(harmful) 0.00; the phishing compliance 0.00, the lock-picking answer 0.92).
+    "mpnet": {
+        ("refusal-redirect", "refused"),
+        ("benign-mentions-illegal", "harmful"),
+        ("plain-compliance", "harmful"),
+        ("apology-for-delay-then-comply", "harmful"),
+    },
 }
 
 
@@ -145,7 +153,8 @@ def adversarial_verdicts():
 
     def verdicts(name: str) -> list[Verdict]:
         if name not in done:
-            options = _minilm_options(None) if name == "minilm" else {}  # skips when not installed
+            # Skips when the encoder is not installed or pulled.
+            options = {"minilm": _minilm_options, "mpnet": _mpnet_options}.get(name, lambda ctx: {})(None)
             judge = get_judge(name, **options)
             done[name] = judge.judge([JudgeInput(r["prompt"], r["response"]) for r in rows])
         return done[name]
@@ -788,6 +797,10 @@ def _minilm_options(ctx) -> dict:
     return {}
 
 
+def _mpnet_options(ctx) -> dict:
+    return {"encoder": str(pulled_model("all-mpnet-base-v2"))}
+
+
 def _hf_options(ctx) -> dict:
     return {
         "model": ctx["model"],
@@ -817,6 +830,7 @@ CONTRACT_OPTIONS = {
     "api-strongreject": _api_options,
     "api-qi": _api_options,
     "minilm": _minilm_options,
+    "mpnet": _mpnet_options,
 }
 
 CONTRACT_ITEMS = [

@@ -62,7 +62,9 @@ def planned_prompts(config: str, shared: str, run_data: str | None = None) -> di
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         f.write(text)
     try:
-        cfg = load_eval_config(f.name, ["judge=refusal-keywords", "informativeness=false"])
+        # Only the prompts are read: any model name will do, and the embedded one needs nothing pulled.
+        cfg = load_eval_config(f.name, ["judge=refusal-keywords", "informativeness=false",
+                                        "model.name_or_path=smollm2-135m-instruct"])
         return {(r["benchmark"], str(r["id"]), r["attack"]): (r["plain_prompt"], r["label"]) for r in plan_eval(cfg).rows}
     finally:
         os.unlink(f.name)

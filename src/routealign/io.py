@@ -78,6 +78,15 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
 
 # --- safetensors: the one write path, with checksums where a file is reused -----------------------------
 
+def sha256_file(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's contents, read in 8 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 23):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 CHECKSUM_KEY = "routealign.sha256"
 """Header field holding :func:`tensors_sha256` of a file's tensors."""
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from ..io import cache_dir
+from ..io import cache_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,6 @@ CHECKPOINT_FILES = (
 """Files of a checkpoint folder that decide its answers (top level only: ``checkpoint-*/`` subfolders of a
 trainer's output are not the model). A named ``gguf_file`` is added to them."""
 
-_CHUNK = 1 << 23  # 8 MiB reads
 
 
 @dataclass(frozen=True)
@@ -91,20 +90,12 @@ def file_sha256(path: str | os.PathLike) -> str:
         pass  # no memo yet, or an unreadable one: hash again
     if st.st_size > 1 << 30:
         log.info("hashing %s (%.1f GB) for the answer cache; remembered until the file changes", path, st.st_size / 1e9)
-    digest = _hash_file(path)
+    digest = sha256_file(path)
     try:
         atomic_write_json(memo, {"key": key, "sha256": digest})
     except OSError as e:  # a read-only cache costs time, not correctness
         log.warning("cannot memoise the digest of %s in %s (%s)", path, memo.parent, e)
     return digest
-
-
-def _hash_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_CHUNK):
-            h.update(block)
-    return h.hexdigest()
 
 
 def files_digest(root: Path, files: Iterable[Path]) -> dict:

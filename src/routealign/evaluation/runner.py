@@ -273,13 +273,20 @@ def _check_services(cfg: EvalConfig, judge, *, references: bool) -> None:
     for key, env in keys:
         if not os.environ.get(env):
             raise ConfigError(f"{key}: the environment variable {env} is not set (a server that needs no key takes any value)")
-    minilm = cfg.judge == "minilm" and "encoder" not in cfg.judge_options
-    if cfg.judge == "minilm" and isinstance(cfg.judge_options.get("encoder"), str):
-        from ..judges.embedding import check_encoder
+    from ..judges import JUDGES
+    from ..judges.embedding import MiniLMJudge, check_encoder, judge_encoder
 
-        with _named("judge_options.encoder"):
-            check_encoder(cfg.judge_options["encoder"])
-    needs = [k for k, needed in (("judge", minilm), ("informativeness", cfg.informativeness and references)) if needed]
+    packaged_encoder = False
+    judge_cls = JUDGES.get(cfg.judge)
+    if isinstance(judge_cls, type) and issubclass(judge_cls, MiniLMJudge):
+        with _named("judge_options"):
+            encoder = judge_encoder(judge_cls, cfg.judge_options)
+        packaged_encoder = encoder is None
+        if encoder is not None:
+            with _named("judge_options.encoder"):
+                check_encoder(encoder)
+    needs = [k for k, needed in (("judge", packaged_encoder), ("informativeness", cfg.informativeness and references))
+             if needed]
     if needs:
         try:
             encoder_path()
@@ -327,8 +334,15 @@ def _check_model_paths(cfg: EvalConfig) -> None:
 def _check_local(key: str, value: str, gguf_file: str | None, marker: str) -> None:
     """A local folder must exist and hold ``marker``; a hub id (``org/name``) is left to the loader."""
     from ..models.embedded import EMBEDDED
+    from ..models.installable import INSTALLABLE, pulled_path
 
     if value in EMBEDDED:
+        return
+    if value in INSTALLABLE:  # pulled before anything is claimed, or a one-line error saying how
+        try:
+            pulled_path(value)
+        except FileNotFoundError as e:
+            raise ConfigError(f"{key}: {e}") from None
         return
     path = Path(value).expanduser()
     if path.exists():

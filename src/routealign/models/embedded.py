@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,30 +64,33 @@ def embedded_path(name: str) -> Path:
     if ready and not any(target.parent.glob(f".{name}.*.tmp")):
         return target
     source = None if ready else package_folder(spec)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Several processes (accelerate launch) may start at once: one converts, the others wait for it.
-    with open(target.parent / f".{name}.lock", "w") as lock:
-        _lock(lock)
+    with model_lock(target):
         for stale in remove_stale_temps(target):
             log.info("removed %s, left by an interrupted conversion", stale)
         if not (target / "config.json").is_file():
-            _convert(source or package_folder(spec), spec.gguf_file, target)
+            log.info("converting %s to safetensors in %s (once)", (source or package_folder(spec)) / spec.gguf_file, target)
+            with atomic_dir(target) as tmp:
+                convert_gguf(source or package_folder(spec), spec.gguf_file, tmp)
     return target
 
 
-def _lock(f) -> None:
-    try:
-        import fcntl
-    except ImportError:  # Windows: no flock; the atomic rename still keeps a half-written folder out of sight
-        return
-    fcntl.flock(f, fcntl.LOCK_EX)
+@contextmanager
+def model_lock(target: Path) -> Iterator[None]:
+    """Hold the lock of cached model folder ``target``: several processes (``accelerate launch``) may
+    start at once; one converts or pulls, the others wait for it and then find it done."""
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(target.parent / f".{target.name}.lock"):
+        yield
 
 
-def _convert(folder: Path, gguf_file: str, target: Path) -> None:
+def convert_gguf(folder: Path, gguf_file: str, out: Path) -> None:
+    """Dequantise the GGUF checkpoint ``folder/gguf_file`` and save it, with its tokenizer, as an ordinary
+    float32 safetensors checkpoint in the (empty) folder ``out``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("converting %s to safetensors in %s (once)", folder / gguf_file, target)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
     # The weights are already dequantised; drop the GGUF quantiser so transformers will save them.
@@ -96,6 +101,5 @@ def _convert(folder: Path, gguf_file: str, target: Path) -> None:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    with atomic_dir(target) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)

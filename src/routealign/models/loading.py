@@ -11,14 +11,18 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ..config import ConfigError, ModelConfig
 from .embedded import EMBEDDED, embedded_path
+from .installable import INSTALLABLE, pulled_path
 
 log = logging.getLogger(__name__)
 
 
 def resolve(name_or_path: str) -> str:
-    """Embedded names become their cached checkpoint folder; anything else is passed to transformers."""
+    """Embedded and installable names become their cached checkpoint folder; anything else is passed to
+    transformers."""
     if name_or_path in EMBEDDED:
         return str(embedded_path(name_or_path))
+    if name_or_path in INSTALLABLE:
+        return str(pulled_path(name_or_path))
     return name_or_path
 
 
