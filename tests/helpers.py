@@ -12,6 +12,7 @@ from peft import LoraConfig, get_peft_model
 
 from routealign.io import cache_dir
 from routealign.judges.base import Judge, Verdict
+from routealign.models.installable import PULLED
 from routealign.models.tiny import tiny_llama
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -89,18 +90,20 @@ def safemoe_config(root: Path, model_dir: Path, **router_gate) -> dict:
 USER_CACHE = cache_dir()
 
 
+def _is_pulled(name: str) -> bool:
+    return (USER_CACHE / "models" / name / PULLED).is_file()
+
+
 def pulled_model(name: str) -> Path:
     """Folder of installable model ``name`` in the user's cache; the test is skipped when not pulled."""
-    folder = USER_CACHE / "models" / name
-    if not (folder / "routealign_pull.json").is_file():
+    if not _is_pulled(name):
         pytest.skip(f"needs {name}: routealign models pull {name}")
-    return folder
+    return USER_CACHE / "models" / name
 
 
 def needs_pulled(name: str):
     """Skip mark for a test that needs installable model ``name`` pulled into the user's cache."""
-    return pytest.mark.skipif(not (USER_CACHE / "models" / name / "routealign_pull.json").is_file(),
-                              reason=f"needs {name}: routealign models pull {name}")
+    return pytest.mark.skipif(not _is_pulled(name), reason=f"needs {name}: routealign models pull {name}")
 
 
 def smollm2_installed() -> bool:

@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from routealign.io import load_safetensors, save_safetensors
+from routealign.io import atomic_write_json, load_safetensors, save_safetensors
 from routealign.judges.embedding import (
     DECLINE_PHRASES,
     SIGNALS,
@@ -122,9 +122,7 @@ def main() -> None:
             print(f"  {src:12s} harmful? " + ", ".join(f"{k} {a:.3f}" for k, (a, n) in harmful.items())
                   + f" (n={next(iter(harmful.values()))[1]})")
     if args.json:
-        with open(args.json + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=1)
-        os.replace(args.json + ".tmp", args.json)
+        atomic_write_json(args.json, results)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import os
 import time
 from collections import defaultdict
 
+from routealign.io import atomic_write_json
 from routealign.judges import JudgeInput, get_judge
 from routealign.judges.labelled import agreement, read_labelled
 
@@ -120,9 +121,7 @@ def main() -> None:
                     for g, gm in m["groups"].items():
                         print(f"{'':18s}{g:40s} {gm['accuracy']:6.1%} n={gm['n']} fp={gm['fp']} fn={gm['fn']}")
     if args.json:
-        with open(args.json + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=1)
-        os.replace(args.json + ".tmp", args.json)
+        atomic_write_json(args.json, results)
 
 
 if __name__ == "__main__":
