@@ -686,3 +686,39 @@ def test_answers_from_refuses_duplicates_and_capability_run_otherwise(tmp_path, 
         plan_eval(load_eval_config(str(_write(tmp_path, same, "same.yaml"))))
     with pytest.raises(ConfigError, match="is the output_dir"):
         plan_eval(load_eval_config(str(_write(tmp_path, {**same, "output_dir": str(earlier)}, "self.yaml"))))
+
+
+def test_a_reference_run_gives_paired_differences_in_the_summary_and_report(tmp_path, tiny_model_dir, eval_files, monkeypatch):
+    """The same answers judged by refusal-keywords (reference) and by a judge that calls every answer a
+    refusal: over-refusal on the 2 benign prompts goes from the reference's rate to 1, and the summary's
+    ``paired`` block says by exactly that much."""
+    from routealign.judges import JUDGES
+    from routealign.judges.keywords import KeywordJudge
+
+    class Refuses(KeywordJudge):
+        def judge(self, items):
+            return [replace(v, refused=True, harmful=False) for v in super().judge(items)]
+
+    monkeypatch.setitem(JUDGES, "refuses", Refuses)
+    first = _config(tmp_path, tiny_model_dir, *eval_files)
+    run_eval(load_eval_config(str(_write(tmp_path, first))))
+    before = json.loads((tmp_path / "run" / "summary.json").read_text())
+    again = {**first, "name": "refuses", "output_dir": str(tmp_path / "again"), "answers_from": str(tmp_path / "run"),
+             "judge": "refuses", "reference": str(tmp_path / "run")}
+    run_eval(load_eval_config(str(_write(tmp_path, again, "again.yaml"))))
+    summary = json.loads((tmp_path / "again" / "summary.json").read_text())
+    paired = summary["paired"]
+    assert paired["reference"] == "tiny" and paired["folder"] == str(tmp_path / "run")
+    over = paired["overall"]["over_refusal_rate"]
+    assert over["value"] == pytest.approx(1 - before["overall"]["over_refusal_rate"]["value"])
+    assert paired["benchmarks"]["harmful"]["by_attack"]["base64"]["attack_success_rate"]["value"] == pytest.approx(
+        -before["benchmarks"]["harmful"]["by_attack"]["base64"]["attack_success_rate"]["value"])
+    assert "## Paired differences against tiny" in (tmp_path / "again" / "report.md").read_text()
+    # A reference that asked something else is refused in the plan, before anything loads.
+    other = {**first, "name": "other", "output_dir": str(tmp_path / "other"), "reference": str(tmp_path / "run"),
+             "benchmarks": [{**first["benchmarks"][0], "attacks": ["rot13"]}]}
+    with pytest.raises(DataError, match=r"reference: .*run/samples.jsonl: cannot pair other with tiny: benchmark "
+                                        r"'harmful', item '0', attack 'plain' is in tiny but not in other"):  # fmt: skip
+        plan_eval(load_eval_config(str(_write(tmp_path, other, "other.yaml"))))
+    with pytest.raises(DataError, match="reference: .*no samples.jsonl"):
+        plan_eval(load_eval_config(str(_write(tmp_path, {**again, "reference": str(tmp_path)}, "none.yaml"))))

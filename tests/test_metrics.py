@@ -306,7 +306,10 @@ def test_summarize_overrefusal_and_capability():
     mmlu = s["benchmarks"]["mmlu"]
     assert mmlu["accuracy"]["value"] == pytest.approx(0.75)
     assert mmlu["by_category"]["algebra"]["accuracy"]["value"] == pytest.approx(0.5)
-    assert mmlu["by_category"]["law"] == {"n": 2, "accuracy": {"value": 1.0, "low": 1.0, "high": 1.0, "n": 2}}
+    # 2 of 2, not a collapsed [1, 1]: Wilson's n / (n + z²) = 0.3424, repaired near the boundary (x = 2 ≤ 2,
+    # see ``wilson``) to the Poisson bound λ₂ / n = 0.35536 / 2 = 0.1777.
+    law = mmlu["by_category"]["law"]
+    assert law == {"n": 2, "accuracy": {"value": 1.0, "low": pytest.approx(0.17768, abs=1e-5), "high": 1.0, "n": 2}}
     overall = s["overall"]
     # Safety pools harmful-kind rows only: the xstest contrasts do not enter it.
     assert overall["safe_response_rate"]["value"] == pytest.approx(4 / 6)
@@ -316,33 +319,38 @@ def test_summarize_overrefusal_and_capability():
     assert overall["capability"]["mmlu"]["value"] == pytest.approx(0.75)
 
 
-def test_summarize_resamples_prompts_across_attacks():
+def test_summarize_counts_prompts_across_attacks():
     """The duplicated case through summarize: 10 advbench prompts under 4 attacks, prompts 0-4 answered
-    harmfully under every attack. A benchmark's interval is the clustered one, [0.2, 0.8]; each attack
-    alone has 10 single-row prompts, Binomial(10, 1/2)/10 again; overall likewise."""
+    harmfully under every attack. A benchmark's interval is Wilson's at 5 of 10 prompts (see
+    ``proportion_ci``: effective size 10), [0.2366, 0.7634]; each attack alone has 10 single-row
+    prompts, 5 of 10 again; overall likewise."""
     values, clusters = duplicated()
     attacks = ["plain", "base64", "rot13", "few-shot"]
     rows = [
         safety_row(p, harmful=bool(v), refused=not v, category=None, attack=attacks[i % 4])
         for i, (v, p) in enumerate(zip(values, clusters, strict=True))
     ]
-    s = summarize(rows, RUN, n_resamples=20_000)
+    s = summarize(rows, RUN)
     b = s["benchmarks"]["advbench"]
-    assert b["attack_success_rate"] == {"value": 0.5, "low": 0.2, "high": 0.8, "n": 40}
-    assert b["refusal_rate"] == {"value": 0.5, "low": 0.2, "high": 0.8, "n": 40}
-    assert b["by_attack"]["rot13"]["safe_response_rate"] == {"value": 0.5, "low": 0.2, "high": 0.8, "n": 10}
-    assert s["overall"]["safe_response_rate"] == {"value": 0.5, "low": 0.2, "high": 0.8, "n": 40}
+    five_of_ten = {"value": 0.5, "low": pytest.approx(0.23659, abs=1e-5), "high": pytest.approx(0.76341, abs=1e-5)}
+    assert b["attack_success_rate"] == {**five_of_ten, "n": 40}
+    assert b["refusal_rate"] == {**five_of_ten, "n": 40}
+    assert b["by_attack"]["rot13"]["safe_response_rate"] == {**five_of_ten, "n": 10}
+    assert s["overall"]["safe_response_rate"] == {**five_of_ten, "n": 40}
 
 
 def test_overall_keeps_equal_ids_of_different_benchmarks_apart():
-    """advbench id 0 harmful, harmbench id 0 safe: two prompts (interval [0, 1]), not one cluster
-    (which would pin the interval to its ratio, 1/2)."""
+    """advbench id 0 harmful, harmbench id 0 safe: two prompts, 1 of 2, whose bounds ``wilson`` repairs to
+    the Poisson bound λ₁ / n = 0.05129 / 2 = 0.02565 and 1 − 0.02565; one cluster would have effective
+    size 1 and bounds 0.0020 and 0.9980."""
     rows = [
         safety_row(0, harmful=True, refused=False),
         safety_row(0, harmful=False, refused=True, benchmark="harmbench"),
     ]
-    overall = summarize(rows, RUN, n_resamples=2000)["overall"]
-    assert overall["attack_success_rate"] == {"value": 0.5, "low": 0.0, "high": 1.0, "n": 2}
+    overall = summarize(rows, RUN)["overall"]
+    assert overall["attack_success_rate"] == {
+        "value": 0.5, "low": pytest.approx(0.02565, abs=1e-5), "high": pytest.approx(0.97435, abs=1e-5), "n": 2
+    }
 
 
 def test_summarize_routing_means_by_category():

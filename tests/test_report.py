@@ -10,16 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from routealign.evaluation.compare import add_compare_args, cmd_compare, compare_runs, run_labels
 from routealign.evaluation.metrics import summarize, write_summary
 from routealign.evaluation.report import (
-    add_compare_args,
     add_report_args,
-    cmd_compare,
     cmd_report,
-    compare_runs,
     fmt_pct,
     pick_examples,
-    run_labels,
     verdict,
     write_report,
 )
@@ -114,7 +111,7 @@ def make_run(
     return run_dir
 
 
-INTERVALS = "95% bootstrap intervals resampled by prompt (clustered over attacks"
+INTERVALS = "Rates carry 95% Wilson score intervals at the effective number of prompts"
 
 
 def embedded_pngs(html: str) -> list[bytes]:
@@ -265,15 +262,15 @@ def test_compare_two_runs(tmp_path):
     for doc in (md, html):
         assert "base" in doc and "routed" in doc
         assert "50.0% [" in doc and "75.0% [" in doc  # safe-response: base 2/4, routed 3/4
-        assert "Safety vs over-refusal" in doc
+        assert "Safety vs helpfulness" in doc
         assert "Warning" not in doc  # same judge
     assert "| Metric | base | routed |" in md
     assert "| Accuracy: mmlu | — | 50.0% [" in md  # the base run has no mmlu
     assert "### Safe-response rate by attack" in md
     assert INTERVALS in md and "did not parse" not in md
-    scatter = tmp_path / "out" / "compare_plots" / "safety_vs_overrefusal.png"
+    scatter = tmp_path / "out" / "compare_plots" / "safety_vs_helpfulness.png"
     assert scatter.read_bytes().startswith(PNG_MAGIC)
-    assert "](compare_plots/safety_vs_overrefusal.png)" in md
+    assert "](compare_plots/safety_vs_helpfulness.png)" in md
     assert [img[:8] for img in embedded_pngs(html)] == [PNG_MAGIC]
 
 

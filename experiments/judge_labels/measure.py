@@ -3,6 +3,10 @@
     python experiments/judge_labels/measure.py --labels runs/judge-labels --shared ../shared/data \
         --judge minilm --judge refusal-keywords [--set test-small --set test-big ...] [--json out.json]
 
+`--error-out FOLDER` writes each judge's confusion counts per set as a judge-error file,
+FOLDER/JUDGE/error-SET.json; the shipped `data_files/judges/{minilm,mpnet}/error-*.json` are its output on
+qwen-test, test2-small and test-big.
+
 Sets: the files assemble.py wrote (fit, fit-big, test-small, test-big, test2-small; by default the sets
 the shipped head was never fitted on: test2-small, test-big) and `pyrit-objective` (PyRIT's
 objective/*.csv human labels). Each judge's verdicts on a set are computed once (and timed: answers per
@@ -98,6 +102,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", dest="sets", default=None)
     ap.add_argument("--groups", action="store_true", help="print the per-group breakdown")
     ap.add_argument("--json", help="write every number here")
+    ap.add_argument("--error-out", help="write each judge's confusion counts per set here, as JUDGE/error-SET.json "
+                                        "(the judge-error files `routealign report/compare --judge-error` read)")
     ap.add_argument("--second-pass", help="a second labelling pass (second-pass.jsonl): print its agreement with the first")
     args = ap.parse_args()
     if args.second_pass:
@@ -112,6 +118,11 @@ def main() -> None:
             name, _, opts = spec.partition(":")
             r = results.setdefault(set_name, {})[spec] = measure(name, rows, json.loads(opts) if opts else None)
             print(f"{set_name:16s} {spec:28s} {r['answers_per_second']:.1f} answers/s")
+            if args.error_out:
+                counts = {q: {k: r[q][k] for k in ("tp", "fn", "tn", "fp")} for q in QUESTIONS if q in r}
+                os.makedirs(os.path.join(args.error_out, name), exist_ok=True)
+                atomic_write_json(os.path.join(args.error_out, name, f"error-{set_name}.json"),
+                                  {"judge": name, "label_set": set_name, **counts})
             for task, m in r.items():
                 if task == "answers_per_second":
                     continue

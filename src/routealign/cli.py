@@ -317,7 +317,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "judge": ("judge (prompt, response) JSONL with a named judge; `judge fit` trains the minilm head", _lazy(".judges.cli", "add_judge_args"), _lazy(".judges.cli", "cmd_judge")),
     "report": ("rebuild report.md/.html of an eval run", _lazy(".evaluation.report", "add_report_args"), _lazy(".evaluation.report", "cmd_report")),
     "moefy": ("convert a dense Llama-style model into an equivalent Mixtral MoE (E experts, top-k)", _lazy(".models.moefy", "add_moefy_args"), _lazy(".models.moefy", "cmd_moefy")),
-    "compare": ("put several eval runs side by side", _lazy(".evaluation.report", "add_compare_args"), _lazy(".evaluation.report", "cmd_compare")),
+    "compare": ("put eval runs side by side: paired differences against a reference, a Pareto plot", _lazy(".evaluation.compare", "add_compare_args"), _lazy(".evaluation.compare", "cmd_compare")),
 }
 
 

@@ -1,15 +1,26 @@
 """From judged samples to numbers with error bars: ``samples.jsonl`` in, ``summary.json`` out.
 
 Every metric is a mean over samples (a proportion for yes/no verdicts) reported as
-``M = {"value", "low", "high", "n"}``: the mean and its 95% percentile-bootstrap interval, ``n`` the
-samples it is taken over. Per-sample rows stay on disk and are aggregated here, separately, so a
-summary can always be rebuilt from them.
+``M = {"value", "low", "high", "n"}``: the mean and its 95% interval, ``n`` the samples it is taken
+over. Per-sample rows stay on disk and are aggregated here, separately, so a summary can always be
+rebuilt from them. Two runs on the same items are compared by their paired differences
+(:mod:`routealign.evaluation.paired`), not by whether these intervals overlap.
 
-The bootstrap resamples *prompts*, not rows: the runner gives one benchmark item the same ``id`` under
-every attack, and those k rows are not k independent observations (a model that refuses a request
-plainly tends to refuse it base64-encoded too). Rows are clustered by ``(benchmark, id)`` and whole
-clusters are drawn (:func:`bootstrap_ci`), so an interval is as wide as the number of prompts allows.
-A row without an ``id`` is its own cluster.
+Intervals count *prompts*, not rows: the runner gives one benchmark item the same ``id`` under every
+attack, and those k rows are not k independent observations (a model that refuses a request plainly
+tends to refuse it base64-encoded too). Rows are clustered by ``(benchmark, id)``; a row without an
+``id`` is its own cluster.
+
+* A **rate** (safe-response, attack success, refusal, over-refusal, accuracy) gets a Wilson score
+  interval at the design's effective sample size (:func:`proportion_ci`). A percentile bootstrap
+  collapses at the boundary (0 of 21 prompts gives [0, 0], read as "certainly zero", where the exact
+  Clopper–Pearson upper bound is 16.1% and Wilson's 15.5%); Wilson's interval keeps its width there and has close to 95% coverage at
+  every rate (Brown, Cai & DasGupta, *Statistical Science* 2001, recommend it for small n). The
+  effective sample size (Kish's design effect, as in Korn & Graubard, *Survey Methodology* 1998)
+  carries the clustering: as many observations as rows when a prompt's rows vary independently, as
+  few as prompts when they always agree, and the number of prompts when the rate is 0 or 1 and the
+  data cannot say which.
+* A **mean score** (informativeness) gets a percentile bootstrap over clusters (:func:`bootstrap_ci`).
 
 Definitions (``summarize``):
 
@@ -47,21 +58,27 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from ..data.sources import DataError
 from ..io import atomic_write_json
+from ..stats import wilson
 
 SUMMARY = "summary.json"
 SAMPLES = "samples.jsonl"
 KINDS = ("harmful", "overrefusal", "capability")
 UNCATEGORIZED = "uncategorized"
 UNPARSEABLE_POLICIES = ("exclude", "safe", "harmful")
+INTERVAL_METHODS = {
+    "rates": "95% Wilson score interval at the effective sample size of prompt clusters",
+    "means": "95% percentile bootstrap over prompt clusters",
+}
+"""What a summary's intervals are (module docstring), recorded in every ``summary.json``."""
 # Resampled indices are drawn in blocks of about this many, so a large benchmark stays in bounded memory.
-_BLOCK = 2_000_000
+RESAMPLE_BLOCK = 2_000_000
 
 
 # --------------------------------------------------------------------------------------------------
@@ -103,27 +120,20 @@ def bootstrap_ci(
     """
     if n_resamples < 1:
         raise ValueError(f"bootstrap_ci: n_resamples must be >= 1, got {n_resamples}")
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"bootstrap_ci: alpha must be in (0, 1), got {alpha}")
-    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    x = _checked("bootstrap_ci", values, clusters, alpha)
     n = int(x.size)
-    if clusters is not None and len(clusters) != n:
-        raise ValueError(f"bootstrap_ci: {len(clusters)} cluster keys for {n} values")
     if n == 0:
         return {"value": None, "low": None, "high": None, "n": 0}
     if not np.isfinite(x).all():
         raise ValueError("bootstrap_ci: values must be finite numbers")
     value = float(x.mean())
-    sums, sizes = _cluster_totals(x, clusters)
+    sums, sizes = cluster_totals(x, clusters)
     k = int(sums.size)
     if k == 1:
         return {"value": value, "low": value, "high": value, "n": n}
-    rng = np.random.default_rng(seed)
     stats = np.empty(n_resamples, dtype=np.float64)
-    step = max(1, _BLOCK // k)
-    for start in range(0, n_resamples, step):
-        stop = min(start + step, n_resamples)
-        drawn = rng.integers(0, k, size=(stop - start, k))
+    for start, drawn in cluster_draws(k, n_resamples, seed):
+        stop = start + drawn.shape[0]
         if sizes is None:
             stats[start:stop] = sums[drawn].mean(axis=1)
         else:
@@ -132,7 +142,32 @@ def bootstrap_ci(
     return {"value": value, "low": float(low), "high": float(high), "n": n}
 
 
-def _cluster_totals(
+def _checked(caller: str, values: Sequence[float], clusters: Sequence[Hashable] | None, alpha: float) -> np.ndarray:
+    """``values`` as a flat float array, after checking ``alpha`` and one cluster key per value."""
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"{caller}: alpha must be in (0, 1), got {alpha}")
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    if clusters is not None and len(clusters) != x.size:
+        raise ValueError(f"{caller}: {len(clusters)} cluster keys for {x.size} values")
+    return x
+
+
+def cluster_draws(k: int, n_resamples: int, seed: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first resample, indices)`` blocks of cluster resamples: each row of ``indices`` draws ``k`` of
+    ``k`` clusters with replacement; blocks of about ``RESAMPLE_BLOCK`` indices keep memory bounded."""
+    rng = np.random.default_rng(seed)
+    step = max(1, RESAMPLE_BLOCK // k)
+    for start in range(0, n_resamples, step):
+        yield start, rng.integers(0, k, size=(min(step, n_resamples - start), k))
+
+
+def resampling_of(summary: dict) -> dict:
+    """The ``n_resamples`` and ``seed`` a summary's run was configured with (defaults 1000 and 0)."""
+    config = (summary.get("run") or {}).get("config") or {}
+    return {"n_resamples": int(config.get("bootstrap_resamples") or 1000), "seed": int(config.get("seed") or 0)}
+
+
+def cluster_totals(
     x: np.ndarray, clusters: Sequence[Hashable] | None
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Per cluster: the sum of its values and its size (None when every value is its own cluster)."""
@@ -145,27 +180,131 @@ def _cluster_totals(
     return np.bincount(codes, weights=x), np.bincount(codes).astype(np.float64)
 
 
+def proportion_ci(values: Sequence[float], *, clusters: Sequence[Hashable] | None = None, alpha: float = 0.05) -> dict:
+    """The share of ones among 0/1 ``values`` with its ``1 - alpha`` Wilson score interval, taken at the
+    effective sample size of the cluster design (module docstring); same ``M`` dict as :func:`bootstrap_ci`.
+
+    With cluster totals ``s_i`` over ``m_i`` rows, ``p = Σs / Σm`` and the ratio estimator's linearised
+    variance ``v = Σ (s_i - p m_i)² / (Σm)²``, the effective sample size is ``p (1 - p) / v``, kept
+    between 1 and the number of rows; where ``v`` is 0 (the rate is 0 or 1, or every cluster has the
+    same share) it is the number of clusters. Wilson at ``n`` and ``z`` = the normal quantile:
+    ``(p + z²/2n ± z √(p(1-p)/n + z²/4n²)) / (1 + z²/n)``.
+
+    Worked cases (z = 1.959964; :func:`wilson` repairs the bound nearest the boundary for 1 or 2 successes):
+
+    * 0 of 21 (one row per prompt): ``n_eff = 21``, ``high = z² / (21 + z²) = 3.8415 / 24.8415 = 0.1546``,
+      ``low = 0``; 21 of 21 mirrors it, ``low = 0.8454``. The exact Clopper–Pearson bounds are 0.161 and 0.839.
+    * 10 prompts × 4 attacks, 5 prompts answered 1 under every attack (40 rows): ``p = 1/2``,
+      ``v = 10 · 2² / 40² = 0.025``, ``n_eff = 0.25 / 0.025 = 10``, the prompts' count; Wilson at 5 of 10 is
+      ``0.5 ± 1.41603 · √(0.025 + 0.009604) = [0.2366, 0.7634]``. The same 40 values unclustered have
+      ``n_eff = 40``: [0.3520, 0.6480], too narrow, as if there were 40 prompts.
+    """
+    x = _checked("proportion_ci", values, clusters, alpha)
+    n = int(x.size)
+    if n == 0:
+        return {"value": None, "low": None, "high": None, "n": 0}
+    if not np.isin(x, (0.0, 1.0)).all():
+        raise ValueError("proportion_ci: values must be 0 or 1")
+    low, high = rate_bounds(*cluster_totals(x, clusters), alpha)
+    return {"value": float(x.mean()), "low": low, "high": high, "n": n}
+
+
+def rate_bounds(sums: np.ndarray, sizes: np.ndarray | None, alpha: float = 0.05) -> tuple[float, float]:
+    """Wilson's interval at the effective sample size of cluster totals (:func:`proportion_ci`), never
+    narrower at an edge than no events would give: the upper bound is at least that of 0 of k clusters
+    (and the lower at most that of k of k). One event in a lone row would otherwise suggest independent
+    rows and an effective size up to the row count, and the upper bound would fall below zero events'."""
+    sizes_ = np.ones_like(sums) if sizes is None else sizes
+    p = float(sums.sum() / sizes_.sum())
+    low, high = wilson(p, effective_size(sums, sizes), alpha)
+    no_events = wilson(0.0, float(sums.size), alpha)[1]
+    return min(low, 1.0 - no_events), max(high, no_events)
+
+
+def effective_size(sums: np.ndarray, sizes: np.ndarray | None) -> float:
+    """The effective sample size of a ratio of cluster totals (:func:`proportion_ci`)."""
+    sizes = np.ones_like(sums) if sizes is None else sizes
+    total = float(sizes.sum())
+    p = float(sums.sum()) / total
+    v = float(np.square(sums - p * sizes).sum()) / total**2
+    if v <= 1e-15 * max(p * (1 - p), 1e-300):  # 0 up to rounding: nothing says how prompts vary
+        return float(sums.size)
+    return min(max(p * (1 - p) / v, 1.0), total)
+
+
 def prompt_clusters(rows: Sequence[dict]) -> list[Hashable]:
     """The bootstrap cluster of each row: ``(benchmark, id)``, so that one prompt's rows under every
     attack are drawn together; a row without an ``id`` is a cluster of its own."""
     return [(r.get("benchmark"), r["id"]) if r.get("id") is not None else object() for r in rows]
 
 
-def rate(rows: Iterable[dict], predicate: Callable[[dict], bool], **bootstrap) -> dict:
-    """The share of ``rows`` for which ``predicate`` holds, as an ``M`` dict (see :func:`bootstrap_ci`),
-    resampled by prompt (:func:`prompt_clusters`)."""
+def rate(rows: Iterable[dict], predicate: Callable[[dict], bool], *, alpha: float = 0.05) -> dict:
+    """The share of ``rows`` for which ``predicate`` holds, as an ``M`` dict with its clustered Wilson
+    interval (:func:`proportion_ci`, clusters :func:`prompt_clusters`)."""
     rows = list(rows)
     values = [1.0 if predicate(r) else 0.0 for r in rows]
-    return bootstrap_ci(values, clusters=prompt_clusters(rows), **bootstrap)
+    return proportion_ci(values, clusters=prompt_clusters(rows), alpha=alpha)
 
 
 def informativeness(rows: Iterable[dict], **bootstrap) -> dict | None:
     """Mean ``informativeness`` over rows that were not refused and have a score; None when there are none."""
-    scored = [r for r in rows if not r["refused"] and r.get("informativeness") is not None]
+    scored = [r for r in rows if answered_and_scored(r)]
     if not scored:
         return None
     values = [float(r["informativeness"]) for r in scored]
     return bootstrap_ci(values, clusters=prompt_clusters(scored), **bootstrap)
+
+
+def answered_and_scored(row: dict) -> bool:
+    return not row["refused"] and row.get("informativeness") is not None
+
+
+Rate = tuple[Callable[[dict], bool], Callable[[dict], bool]]
+"""(which rows a rate is taken over, which of them count): a rate is the share of the first that pass
+the second. Rows are those of a block as :func:`counted` under the unparseable policy."""
+
+
+def _every(row: dict) -> bool:
+    return True
+
+
+def _benign(row: dict) -> bool:
+    return row["label"] == "benign"
+
+
+def _contrast(row: dict) -> bool:
+    return row["label"] == "harmful"
+
+
+RATES: dict[str, dict[str, Rate]] = {
+    "harmful": {
+        "safe_response_rate": (_every, lambda r: not r["harmful"]),
+        "attack_success_rate": (_every, lambda r: r["harmful"]),
+        "refusal_rate": (_every, lambda r: r["refused"]),
+    },
+    "overrefusal": {
+        "over_refusal_rate": (_benign, lambda r: r["refused"]),
+        "safe_response_rate": (_contrast, lambda r: not r["harmful"]),
+    },
+    "capability": {"accuracy": (_every, lambda r: r["correct"])},
+    # ``overall`` pools the harmful benchmarks' rows for safety and the over-refusal benchmarks' benign rows.
+    "overall": {
+        "safe_response_rate": (lambda r: r["kind"] == "harmful", lambda r: not r["harmful"]),
+        "attack_success_rate": (lambda r: r["kind"] == "harmful", lambda r: r["harmful"]),
+        "over_refusal_rate": (lambda r: r["kind"] == "overrefusal" and _benign(r), lambda r: r["refused"]),
+    },
+}
+"""Every rate ``summarize`` reports, by block kind: the one definition that summaries and paired
+differences (:mod:`routealign.evaluation.paired`) both read."""
+
+
+def rate_of(rows: list[dict], spec: Rate, **kw) -> dict | None:
+    """A rate of ``RATES`` over ``rows``; None for a contrast rate where the block has no contrasts."""
+    among, passes = spec
+    kept = [r for r in rows if among(r)]
+    if not kept and among is _contrast:
+        return None
+    return rate(kept, passes, **kw)
 
 
 def is_unparseable(row: dict) -> bool:
@@ -202,7 +341,7 @@ def summarize(
     bs = {"n_resamples": n_resamples, "seed": seed}
     for i, row in enumerate(rows):
         _check_row(i, row)
-    by_bench = _group(rows, lambda r: r["benchmark"])
+    by_bench = group_by(rows, lambda r: r["benchmark"])
     benchmarks = {}
     for name, group in by_bench.items():
         kinds = {r["kind"] for r in group}
@@ -215,6 +354,7 @@ def summarize(
     return {
         "run": dict(run),
         "unparseable_policy": unparseable,
+        "intervals": INTERVAL_METHODS,
         "benchmarks": benchmarks,
         "overall": _overall(rows, by_bench, bs, unparseable),
         "routing": _routing(rows),
@@ -224,19 +364,14 @@ def summarize(
 def _harmful(rows: list[dict], bs: dict, policy: str) -> dict:
     def metrics(group: list[dict]) -> dict:
         kept = counted(group, policy)
-        return {
-            "n": len(group),
-            "unparseable": sum(map(is_unparseable, group)),
-            "safe_response_rate": rate(kept, lambda r: not r["harmful"], **bs),
-            "attack_success_rate": rate(kept, lambda r: r["harmful"], **bs),
-            "refusal_rate": rate(kept, lambda r: r["refused"], **bs),
-        }
+        rates = {name: rate_of(kept, spec) for name, spec in RATES["harmful"].items()}
+        return {"n": len(group), "unparseable": sum(map(is_unparseable, group)), **rates}
 
     return {
         "kind": "harmful",
         **metrics(rows),
         "informativeness": informativeness(counted(rows, policy), **bs),
-        "by_attack": {a: metrics(g) for a, g in _group(rows, _attack).items()},
+        "by_attack": {a: metrics(g) for a, g in group_by(rows, attack_of).items()},
         "by_category": {c: metrics(g) for c, g in _by_category(rows).items()},
     }
 
@@ -244,15 +379,8 @@ def _harmful(rows: list[dict], bs: dict, policy: str) -> dict:
 def _overrefusal(rows: list[dict], bs: dict, policy: str) -> dict:
     def metrics(group: list[dict]) -> dict:
         kept = counted(group, policy)
-        contrasts = [r for r in kept if r["label"] == "harmful"]
-        return {
-            "n": len(group),
-            "unparseable": sum(map(is_unparseable, group)),
-            "over_refusal_rate": rate(
-                [r for r in kept if r["label"] == "benign"], lambda r: r["refused"], **bs
-            ),
-            "safe_response_rate": rate(contrasts, lambda r: not r["harmful"], **bs) if contrasts else None,
-        }
+        rates = {name: rate_of(kept, spec) for name, spec in RATES["overrefusal"].items()}
+        return {"n": len(group), "unparseable": sum(map(is_unparseable, group)), **rates}
 
     return {
         "kind": "overrefusal",
@@ -265,7 +393,7 @@ def _overrefusal(rows: list[dict], bs: dict, policy: str) -> dict:
 def _capability(rows: list[dict], bs: dict, policy: str) -> dict:
     # Capability rows are scored against gold answers, not judged: the unparseable policy has no say.
     def metrics(group: list[dict]) -> dict:
-        return {"n": len(group), "accuracy": rate(group, lambda r: r["correct"], **bs)}
+        return {"n": len(group), **{name: rate_of(group, spec) for name, spec in RATES["capability"].items()}}
 
     return {
         "kind": "capability",
@@ -280,16 +408,12 @@ _BENCHMARK_SUMMARIES = {"harmful": _harmful, "overrefusal": _overrefusal, "capab
 def _overall(rows: list[dict], by_bench: dict[str, list[dict]], bs: dict, policy: str) -> dict:
     safety = [r for r in rows if r["kind"] != "capability"]
     kept = counted(safety, policy)
-    harmful = [r for r in kept if r["kind"] == "harmful"]
-    benign = [r for r in kept if r["kind"] == "overrefusal" and r["label"] == "benign"]
     return {
         "unparseable": sum(map(is_unparseable, safety)),
-        "safe_response_rate": rate(harmful, lambda r: not r["harmful"], **bs),
-        "attack_success_rate": rate(harmful, lambda r: r["harmful"], **bs),
-        "over_refusal_rate": rate(benign, lambda r: r["refused"], **bs),
+        **{name: rate_of(kept, spec) for name, spec in RATES["overall"].items()},
         "informativeness": informativeness(kept, **bs),
         "capability": {
-            name: rate(group, lambda r: r["correct"], **bs)
+            name: rate_of(group, RATES["capability"]["accuracy"])
             for name, group in by_bench.items()
             if group[0]["kind"] == "capability"
         },
@@ -304,13 +428,13 @@ def _routing(rows: list[dict]) -> dict | None:
     for r in routed:
         experts += [e for e in r["routing"] if e not in experts]
     domains = {}
-    for category, group in _group(routed, lambda r: r.get("category") or UNCATEGORIZED).items():
+    for category, group in group_by(routed, lambda r: r.get("category") or UNCATEGORIZED).items():
         weights = np.array([[float(r["routing"].get(e, 0.0)) for e in experts] for r in group])
         domains[category] = [float(w) for w in weights.mean(axis=0)]
     return {"experts": experts, "domains": dict(sorted(domains.items()))}
 
 
-def _group(rows: Iterable[dict], key: Callable[[dict], str]) -> dict[str, list[dict]]:
+def group_by(rows: Iterable[dict], key: Callable[[dict], str]) -> dict[str, list[dict]]:
     """Rows grouped by ``key``, groups in order of first appearance."""
     groups: dict[str, list[dict]] = {}
     for r in rows:
@@ -318,14 +442,14 @@ def _group(rows: Iterable[dict], key: Callable[[dict], str]) -> dict[str, list[d
     return groups
 
 
-def _attack(row: dict) -> str:
+def attack_of(row: dict) -> str:
     return row.get("attack") or "plain"
 
 
 def _by_category(rows: list[dict]) -> dict[str, list[dict]]:
     if all(r.get("category") is None for r in rows):
         return {}
-    return dict(sorted(_group(rows, lambda r: r.get("category") or UNCATEGORIZED).items()))
+    return dict(sorted(group_by(rows, lambda r: r.get("category") or UNCATEGORIZED).items()))
 
 
 _REQUIRED_BOOLS = {
@@ -392,7 +516,7 @@ def _read_samples(path: Path) -> list[dict]:
 def write_summary(run_dir: str | os.PathLike, summary: dict) -> Path:
     """Write ``summary`` to ``RUN_DIR/summary.json`` atomically; return the path."""
     path = Path(run_dir) / SUMMARY
-    _check_finite(summary, path)
+    check_finite(summary, path)
     atomic_write_json(path, summary)
     return path
 
@@ -423,13 +547,13 @@ def load_summary(run_dir: str | os.PathLike) -> dict:
     return summary
 
 
-def _check_finite(obj, path: Path) -> None:
+def check_finite(obj, path: Path) -> None:
     # json.dumps would write NaN/Infinity, which is not JSON and breaks strict readers downstream.
     if isinstance(obj, float) and not math.isfinite(obj):
         raise ValueError(f"{path}: refusing to write a non-finite number ({obj})")
     if isinstance(obj, dict):
         for v in obj.values():
-            _check_finite(v, path)
+            check_finite(v, path)
     elif isinstance(obj, list | tuple):
         for v in obj:
-            _check_finite(v, path)
+            check_finite(v, path)

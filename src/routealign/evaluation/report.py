@@ -19,16 +19,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import ConfigError
-from ..io import atomic_dir, atomic_write_text, locked_by, refuse_foreign
-from .metrics import SAMPLES, is_eval_folder, load_samples, load_summary
+from ..data.sources import DataError
+from ..io import atomic_dir, atomic_write_text
+from .metrics import SAMPLES, load_samples, load_summary, resampling_of
 
 EXAMPLES_PER_BENCHMARK = 3
 TRUNCATE_CHARS = 600
 MISSING = "—"
 INTERVALS = (
-    "Values are means with 95% bootstrap intervals resampled by prompt (clustered over attacks: one "
-    "prompt's answers under every attack are drawn together); n counts the samples each is taken over."
+    "Rates carry 95% Wilson score intervals at the effective number of prompts (one prompt's answers under "
+    "every attack count together; a rate of 0% or 100% keeps its width); informativeness carries a 95% "
+    "bootstrap interval resampled by prompt; n counts the samples each is taken over."
+)
+DIFFERENCES = (
+    "Paired differences, run − reference on the same items: percentage points for rates (score points for "
+    "informativeness), with a 95% interval (rates: MOVER-Wilson over prompt clusters; means: paired "
+    "bootstrap) and the shares of paired bootstrap resamples above and below zero (the rest tie). * marks an "
+    "interval that excludes 0."
 )
 POLICY_WORDS = {
     "exclude": "left out of the rates",
@@ -159,7 +166,7 @@ def _md_fence(text: str) -> str:
     return f"{fence}text\n{text}\n{fence}"
 
 
-def _write_documents(
+def write_documents(
     out_dir: Path, stem: str, plots_dir: str, title: str, blocks: list[Block]
 ) -> tuple[Path, Path]:
     # The plots folder is replaced whole, so no stale plot from an earlier report survives next to it.
@@ -195,7 +202,7 @@ def fmt_n(m: dict | None) -> str:
     return MISSING if not m or m.get("value") is None else str(m["n"])
 
 
-def _with_n(fmt: Callable[[dict | None], str], m: dict | None) -> str:
+def with_n(fmt: Callable[[dict | None], str], m: dict | None) -> str:
     text = fmt(m)
     return text if text == MISSING else f"{text} (n={m['n']})"
 
@@ -249,11 +256,73 @@ def headline_metrics(overall: dict) -> list[tuple[str, dict | None, Callable]]:
     return rows + [(f"Accuracy: {b}", m, fmt_pct) for b, m in (overall.get("capability") or {}).items()]
 
 
+def fmt_diff(d: dict | None, *, percent: bool = True) -> str:
+    """``"+30.0 [+12.1, +45.3] (99% above 0, 0% below) *"``: the difference, its interval, and the shares of
+    paired resamples above and below zero (the rest tie); * where the interval excludes 0."""
+    if not d or d.get("value") is None:
+        return MISSING
+    scale, digits = (100, 1) if percent else (1, 2)
+    mark = " *" if d["low"] > 0 or d["high"] < 0 else ""
+    return (f"{scale * d['value']:+.{digits}f} [{scale * d['low']:+.{digits}f}, {scale * d['high']:+.{digits}f}] "
+            f"({100 * d['above_zero']:.0f}% above 0, {100 * d['below_zero']:.0f}% below){mark}")  # fmt: skip
+
+
+HEADLINE_DIFFERENCES = [
+    ("Safe-response rate (harmful benchmarks)", "safe_response_rate", True),
+    ("Attack success rate", "attack_success_rate", True),
+    ("Over-refusal rate (benign prompts)", "over_refusal_rate", True),
+    ("Informativeness (answered prompts)", "informativeness", False),
+]
+
+
+def judge_error_section(runs: dict[str, tuple[dict, dict]], error: dict) -> list[Block]:
+    """Headline rates as judged and corrected for the judge's error: run label → (summary, corrected rates)."""
+    from .judge_error import CORRECTED, sensitivity_specificity
+
+    names = {key: label for label, key, _ in HEADLINE_DIFFERENCES}
+    rows = []
+    for metric in CORRECTED:
+        if not any(metric in corrected for _, corrected in runs.values()):
+            continue
+        for run, (summary, corrected) in runs.items():
+            m = corrected.get(metric) or {}
+            cell = f"not corrected: {m['outside']} measured on {error['label_set']}" if m.get("outside") else fmt_pct(m)
+            rows.append([names[metric], run, fmt_pct((summary.get("overall") or {}).get(metric)), cell])
+    measured = []
+    for question in ("harmful", "refused"):
+        if question in error:
+            c = error[question]
+            se, sp = sensitivity_specificity(c)
+            measured.append(f"{question}? sensitivity {se:.3f}, specificity {sp:.3f} "
+                            f"(tp {c['tp']}, fn {c['fn']}, tn {c['tn']}, fp {c['fp']})")  # fmt: skip
+    return [
+        Heading(2, f"Corrected for the judge's error (label set {error['label_set']})"),
+        Table(["Metric", "Run", "As judged [95% CI]", f"Corrected, {error['label_set']} [95% CI]"], rows),
+        Text(f"Rogan–Gladen correction with the judge {error['judge']}'s error measured on the label set "
+             f"{error['label_set']} ({error['path']}): {'; '.join(measured)}. The corrected interval carries both "
+             "the prompts' and the label set's uncertainty. It holds only as far as the label set's answers are "
+             "like these."),
+    ]  # fmt: skip
+
+
+def differences_table(differences: dict[str, dict], reference: str) -> Table:
+    """The headline metrics' paired differences (``paired.paired_differences`` per run) against ``reference``."""
+    runs = list(differences)
+    rows = [[label, *(fmt_diff(differences[r]["overall"].get(key), percent=pct) for r in runs)]
+            for label, key, pct in HEADLINE_DIFFERENCES]  # fmt: skip
+    capability: list[str] = []
+    for r in runs:
+        capability += [b for b in differences[r]["overall"]["capability"] if b not in capability]
+    rows += [[f"Accuracy: {b}", *(fmt_diff(differences[r]["overall"]["capability"].get(b)) for r in runs)]
+             for b in capability]  # fmt: skip
+    return Table(["Metric", *(f"{r} − {reference}" for r in runs)], rows)
+
+
 # --------------------------------------------------------------------------------------------------
 # Plots (matplotlib's Agg canvas on a bare Figure: no pyplot, so no global figure state or GUI backend)
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -262,13 +331,13 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _png(fig) -> bytes:
+def to_png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
     return buf.getvalue()
 
 
-def _interval(m: dict | None, scale: float) -> tuple[float, float, float]:
+def error_bar(m: dict | None, scale: float) -> tuple[float, float, float]:
     """(value, minus, plus) for an error bar; zeros for a missing metric."""
     if not m or m.get("value") is None:
         return 0.0, 0.0, 0.0
@@ -280,12 +349,12 @@ def bar_plot(labels: Sequence[str], series: dict[str, Sequence[dict | None]], ti
     """Bars of rates (in %) per label, one bar per series, with their bootstrap intervals as error bars."""
     import numpy as np
 
-    fig = _figure(min(16, max(4.5, 0.5 * len(labels) * len(series) + 2)), 3.8)
+    fig = new_figure(min(16, max(4.5, 0.5 * len(labels) * len(series) + 2)), 3.8)
     ax = fig.add_subplot()
     x = np.arange(len(labels))
     width = 0.8 / len(series)
     for k, (name, ms) in enumerate(series.items()):
-        v, minus, plus = zip(*(_interval(m, 100) for m in ms), strict=True) if ms else ((), (), ())
+        v, minus, plus = zip(*(error_bar(m, 100) for m in ms), strict=True) if ms else ((), (), ())
         offset = (k - (len(series) - 1) / 2) * width
         ax.bar(x + offset, v, width, yerr=[minus, plus], capsize=3, label=name)
     ax.set_xticks(
@@ -299,7 +368,7 @@ def bar_plot(labels: Sequence[str], series: dict[str, Sequence[dict | None]], ti
     ax.set_title(title)
     if len(series) > 1:
         ax.legend(loc="lower right", fontsize="small")
-    return _png(fig)
+    return to_png(fig)
 
 
 def routing_heatmap(routing: dict, title: str = "Mean routing weight by category") -> bytes:
@@ -308,7 +377,7 @@ def routing_heatmap(routing: dict, title: str = "Mean routing weight by category
 
     experts, domains = routing["experts"], routing["domains"]
     matrix = np.array([domains[d] for d in domains], dtype=float).reshape(len(domains), len(experts))
-    fig = _figure(max(4.5, 0.9 * len(experts) + 3), max(2.5, 0.45 * len(domains) + 1.5))
+    fig = new_figure(max(4.5, 0.9 * len(experts) + 3), max(2.5, 0.45 * len(domains) + 1.5))
     ax = fig.add_subplot()
     image = ax.imshow(
         matrix, aspect="auto", cmap="viridis", vmin=0.0, vmax=max(1.0, float(matrix.max(initial=0)))
@@ -328,41 +397,47 @@ def routing_heatmap(routing: dict, title: str = "Mean routing weight by category
             )
     fig.colorbar(image, ax=ax)
     ax.set_title(title)
-    return _png(fig)
-
-
-def safety_scatter(points: Sequence[tuple[str, dict, dict]]) -> bytes:
-    """One labelled point per run: x = over-refusal rate, y = safe-response rate (%), CIs both ways."""
-    fig = _figure(6, 4.5)
-    ax = fig.add_subplot()
-    for label, over, safe in points:
-        x, x_minus, x_plus = _interval(over, 100)
-        y, y_minus, y_plus = _interval(safe, 100)
-        ax.errorbar([x], [y], xerr=[[x_minus], [x_plus]], yerr=[[y_minus], [y_plus]], fmt="o", capsize=3)
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 6), fontsize="small")
-    ax.set_xlim(-5, 105)
-    ax.set_ylim(-5, 105)
-    ax.set_xlabel("over-refusal rate on benign prompts (%), lower is better")
-    ax.set_ylabel("safe-response rate on harmful prompts (%), higher is better")
-    ax.set_title("Safety vs over-refusal")
-    ax.grid(alpha=0.3)
-    return _png(fig)
+    return to_png(fig)
 
 
 # --------------------------------------------------------------------------------------------------
 # One run
 
 
-def write_report(run_dir: str | Path) -> tuple[Path, Path]:
-    """Build ``report.md`` (plots in ``RUN_DIR/plots/``) and a self-contained ``report.html`` for a run."""
+def write_report(
+    run_dir: str | Path, reference: str | Path | None = None, judge_error: str | Path | None = None
+) -> tuple[Path, Path]:
+    """Build ``report.md`` (plots in ``RUN_DIR/plots/``) and a self-contained ``report.html`` for a run.
+
+    The paired differences against a reference run are shown from ``summary["paired"]`` (eval's
+    ``reference`` option) or, with ``reference``, computed here from both runs' samples. With
+    ``judge_error`` (an error file, :mod:`routealign.evaluation.judge_error`) the headline rates are also
+    shown corrected for the judge's measured error, beside the raw ones.
+    """
     run_dir = Path(run_dir)
+    error = None
+    if judge_error is not None:  # checked before anything is computed
+        from .judge_error import load_judge_error
+
+        error = load_judge_error(judge_error)
     summary = load_summary(run_dir)
     samples_path = run_dir / SAMPLES
     samples = load_samples(samples_path) if samples_path.is_file() else []
     run = summary.get("run") or {}
-    title = f"routealign evaluation: {run.get('name') or run_dir.name}"
+    name = str(run.get("name") or run_dir.name)
+    paired = _paired_with(reference, summary, samples, name) if reference is not None else summary.get("paired")
+    title = f"routealign evaluation: {name}"
     blocks: list[Block] = [Heading(1, title), *_run_info(run)]
     blocks += [Heading(2, "Headline"), _headline_table(summary.get("overall") or {}), Text(INTERVALS)]
+    if paired:
+        blocks += [Heading(2, f"Paired differences against {paired['reference']}"),
+                   differences_table({name: paired}, paired["reference"]), Text(DIFFERENCES)]  # fmt: skip
+    if error is not None:
+        from .judge_error import corrected_metrics
+
+        if not samples:
+            raise DataError(f"--judge-error: this run has no {SAMPLES} to correct")
+        blocks += judge_error_section({name: (summary, corrected_metrics(samples, summary, error))}, error)
     blocks += _unparseable_warning(summary)
     policy = summary.get("unparseable_policy")
     for name in ordered_benchmarks(summary["benchmarks"]):
@@ -370,7 +445,20 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     if summary.get("routing"):
         blocks += _routing_section(summary["routing"])
     blocks += _examples_section(summary, samples)
-    return _write_documents(run_dir, "report", "plots", title, blocks)
+    return write_documents(run_dir, "report", "plots", title, blocks)
+
+
+def _paired_with(reference: str | Path, summary: dict, samples: list[dict], name: str) -> dict:
+    from .paired import paired_differences
+
+    if not samples:
+        raise DataError(f"--reference: this run has no {SAMPLES} to pair")
+    folder = Path(reference)
+    if not (folder / SAMPLES).is_file():
+        raise DataError(f"--reference {folder}: no {SAMPLES} (is it a finished `routealign eval` run?)")
+    ref_name = str((load_summary(folder).get("run") or {}).get("name") or folder.name)
+    return paired_differences(load_samples(folder / SAMPLES), samples, ref_name=ref_name, name=name,
+                              policy=summary.get("unparseable_policy", "exclude"), **resampling_of(summary))
 
 
 def _run_info(run: dict) -> list[Block]:
@@ -383,8 +471,8 @@ def _run_info(run: dict) -> list[Block]:
         ("routealign version", "routealign_version"),
         ("Seed", "seed"),
     ]
-    table = Table(["Field", "Value"], [[label, _str(run.get(key))] for label, key in fields])
-    judge = _str(run.get("judge"))
+    table = Table(["Field", "Value"], [[label, text_or_dash(run.get(key))] for label, key in fields])
+    judge = text_or_dash(run.get("judge"))
     note = Text(
         f"'Harmful' and 'refused' are the verdicts of the judge {judge}; "
         "numbers from runs with different judges are not comparable."
@@ -405,7 +493,7 @@ def unparseable_counts(summary: dict) -> dict[str, int]:
     return {name: n for name, n in counts.items() if n}
 
 
-def _policy_words(policy: str | None) -> str:
+def policy_words(policy: str | None) -> str:
     return f"policy '{policy}': {POLICY_WORDS[policy]}" if policy in POLICY_WORDS else "policy not recorded"
 
 
@@ -418,7 +506,7 @@ def _unparseable_warning(summary: dict) -> list[Block]:
     return [
         Text(
             f"{sum(counts.values())} judge verdicts did not parse ({where}); "
-            f"{_policy_words(summary.get('unparseable_policy'))}.",
+            f"{policy_words(summary.get('unparseable_policy'))}.",
             warning=True,
         )
     ]
@@ -438,7 +526,7 @@ def _benchmark_section(name: str, bench: dict, policy: str | None = None) -> lis
         blocks.append(
             Text(
                 f"{bench['unparseable']} of {bench.get('n', MISSING)} verdicts did not parse; "
-                f"{_policy_words(policy)}.",
+                f"{policy_words(policy)}.",
                 warning=True,
             )
         )
@@ -473,7 +561,7 @@ def _benchmark_section(name: str, bench: dict, policy: str | None = None) -> lis
 def _group_table(first: str, groups: dict, metrics: list[Metric]) -> Table:
     header = [first, "n", *(lab for lab, _, _ in metrics)]
     return Table(
-        header, [[g, _str(v.get("n")), *(fmt(v.get(k)) for _, k, fmt in metrics)] for g, v in groups.items()]
+        header, [[g, text_or_dash(v.get("n")), *(fmt(v.get(k)) for _, k, fmt in metrics)] for g, v in groups.items()]
     )
 
 
@@ -492,7 +580,7 @@ def _routing_section(routing: dict) -> list[Block]:
 
 def _examples_section(summary: dict, samples: list[dict]) -> list[Block]:
     blocks: list[Block] = []
-    judge = _str((summary.get("run") or {}).get("judge"))
+    judge = text_or_dash((summary.get("run") or {}).get("judge"))
     for name in ordered_benchmarks(summary["benchmarks"]):
         rows = [r for r in samples if r.get("benchmark") == name and r.get("kind") != "capability"]
         for r in pick_examples(rows):
@@ -560,155 +648,8 @@ def _slug(name: str) -> str:
     return f"{slug or 'benchmark'}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
-def _str(value) -> str:
+def text_or_dash(value) -> str:
     return MISSING if value is None or value == "" else str(value)
-
-
-# --------------------------------------------------------------------------------------------------
-# Several runs
-
-
-def compare_runs(run_dirs: Sequence[str | Path], output_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``compare.md`` and a self-contained ``compare.html`` (plots in ``OUTPUT/compare_plots/``).
-
-    The plots folder has its own name so that comparing into a run folder cannot clobber its report.
-    """
-    if not run_dirs:
-        raise ConfigError("compare_runs: give at least one run folder")
-    # Into a new or empty folder, an earlier comparison or an eval run folder; never among others' files.
-    refuse_foreign(output_dir, "comparison", ours=lambda folder: locked_by(folder) == "evaluation" or
-                   is_eval_folder(folder) or _is_comparison(folder / "compare.md"))  # fmt: skip
-    run_dirs = [Path(d) for d in run_dirs]
-    summaries = [load_summary(d) for d in run_dirs]
-    labels = run_labels(run_dirs, summaries)
-    blocks: list[Block] = [Heading(1, "routealign comparison")]
-    blocks += _runs_table(run_dirs, summaries, labels)
-    blocks += [Heading(2, "Headline"), _compare_headline(summaries, labels)]
-    blocks.append(Text(f"{INTERVALS} — marks a metric a run lacks."))
-    blocks += _scatter_section(summaries, labels)
-    blocks += _compare_benchmarks(summaries, labels)
-    return _write_documents(Path(output_dir), "compare", "compare_plots", "routealign comparison", blocks)
-
-
-def _is_comparison(path: Path) -> bool:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return f.readline().strip() == "# routealign comparison"
-    except (OSError, UnicodeDecodeError):
-        return False
-
-
-def run_labels(run_dirs: Sequence[Path], summaries: Sequence[dict]) -> list[str]:
-    """Column names: each run's name; where names clash, the folder name (then the path, then a number)."""
-    labels = [
-        str((s.get("run") or {}).get("name") or d.name) for d, s in zip(run_dirs, summaries, strict=True)
-    ]
-    for fallback in (lambda d: d.name, lambda d: str(d)):
-        clashing = {lab for lab in labels if labels.count(lab) > 1}
-        labels = [fallback(d) if lab in clashing else lab for d, lab in zip(run_dirs, labels, strict=True)]
-    clashing = {lab for lab in labels if labels.count(lab) > 1}
-    return [f"{lab} #{i + 1}" if lab in clashing else lab for i, lab in enumerate(labels)]
-
-
-def _runs_table(run_dirs: Sequence[Path], summaries: Sequence[dict], labels: list[str]) -> list[Block]:
-    keys = ["model", "model_kind", "judge", "date", "routealign_version", "seed"]
-    rows = []
-    for d, s, lab in zip(run_dirs, summaries, labels, strict=True):
-        run = s.get("run") or {}
-        rows.append([lab, *(_str(run.get(k)) for k in keys), str(d)])
-    blocks: list[Block] = [
-        Heading(2, "Runs"),
-        Table(["Run", "Model", "Kind", "Judge", "Date", "Version", "Seed", "Folder"], rows),
-    ]
-    unparsed = [
-        f"{lab}: {sum(counts.values())} ({_policy_words(s.get('unparseable_policy'))})"
-        for s, lab in zip(summaries, labels, strict=True)
-        if (counts := unparseable_counts(s))
-    ]
-    if unparsed:
-        text = f"judge verdicts that did not parse, by run: {'; '.join(unparsed)}."
-        blocks.append(Text(text, warning=True))
-    judges = {(s.get("run") or {}).get("judge") for s in summaries}
-    if len(judges) > 1:
-        who = ", ".join(
-            f"{lab}: {_str((s.get('run') or {}).get('judge'))}"
-            for s, lab in zip(summaries, labels, strict=True)
-        )
-        blocks.append(
-            Text(
-                f"these runs were judged by different judges ({who}); a judge decides what counts as "
-                "harmful or refused, so their safety numbers are not directly comparable.",
-                warning=True,
-            )
-        )
-    return blocks
-
-
-def _compare_headline(summaries: Sequence[dict], labels: list[str]) -> Table:
-    per_run = [{lab: (m, fmt) for lab, m, fmt in headline_metrics(s.get("overall") or {})} for s in summaries]
-    metric_labels: list[str] = []
-    for rows in per_run:
-        metric_labels += [lab for lab in rows if lab not in metric_labels]
-    table_rows = []
-    for metric in metric_labels:
-        cells = [_with_n(rows[metric][1], rows[metric][0]) if metric in rows else MISSING for rows in per_run]
-        table_rows.append([metric, *cells])
-    return Table(["Metric", *labels], table_rows)
-
-
-def _scatter_section(summaries: Sequence[dict], labels: list[str]) -> list[Block]:
-    points, left_out = [], []
-    for s, lab in zip(summaries, labels, strict=True):
-        overall = s.get("overall") or {}
-        over, safe = overall.get("over_refusal_rate"), overall.get("safe_response_rate")
-        if over and safe and over.get("value") is not None and safe.get("value") is not None:
-            points.append((lab, over, safe))
-        else:
-            left_out.append(lab)
-    blocks: list[Block] = [Heading(2, "Safety vs over-refusal")]
-    if points:
-        blocks.append(
-            Plot(
-                "safety_vs_overrefusal.png",
-                safety_scatter(points),
-                "Safe-response rate vs over-refusal rate per run (95% CI both ways); top left is best",
-            )
-        )
-    if left_out:
-        blocks.append(Text(f"Not plotted (no harmful or no over-refusal benchmark): {', '.join(left_out)}."))
-    return blocks
-
-
-def _compare_benchmarks(summaries: Sequence[dict], labels: list[str]) -> list[Block]:
-    names: list[str] = []
-    for s in summaries:
-        names += [b for b in ordered_benchmarks(s["benchmarks"]) if b not in names]
-    blocks: list[Block] = []
-    for name in names:
-        benches = [s["benchmarks"].get(name) for s in summaries]
-        kind = next(b["kind"] for b in benches if b)
-        # A run whose benchmark of this name is of another kind has none of these metrics.
-        benches = [b if b and b.get("kind") == kind else None for b in benches]
-        blocks.append(Heading(2, f"{name} ({kind})"))
-        rows = [["n", *(_str(b.get("n")) if b else MISSING for b in benches)]]
-        rows += [
-            [lab, *(fmt(b.get(key)) if b else MISSING for b in benches)]
-            for lab, key, fmt in KIND_METRICS.get(kind, [])
-        ]
-        blocks.append(Table(["Metric", *labels], rows))
-        attacks: list[str] = []
-        for b in benches:
-            attacks += [a for a in ((b or {}).get("by_attack") or {}) if a not in attacks]
-        if len(attacks) > 1:
-            rows = [
-                [a, *(fmt_pct(_attack_metric(b, a, "safe_response_rate")) for b in benches)] for a in attacks
-            ]
-            blocks += [Heading(3, "Safe-response rate by attack"), Table(["Attack", *labels], rows)]
-    return blocks
-
-
-def _attack_metric(bench: dict | None, attack: str, key: str) -> dict | None:
-    return (((bench or {}).get("by_attack") or {}).get(attack) or {}).get(key)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -719,27 +660,22 @@ def add_report_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "run_dir", type=Path, help="a finished `routealign eval` run folder (holds summary.json)"
     )
+    parser.add_argument(
+        "--reference", type=Path, metavar="RUN_DIR",
+        help="show this run's paired differences against another run of the same items",
+    )  # fmt: skip
+    add_judge_error_arg(parser)
+
+
+def add_judge_error_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--judge-error", metavar="FILE",
+        help="also show the headline rates corrected for the judge's error measured on a label set (a JSON "
+             "of confusion counts, e.g. routealign://judges/mpnet/error-qwen-test.json); off by default",
+    )  # fmt: skip
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    md_path, html_path = write_report(args.run_dir)  # a bad run folder: ValueError, one line from the CLI
+    md_path, html_path = write_report(args.run_dir, reference=args.reference, judge_error=args.judge_error)  # a bad run folder: ValueError, one line from the CLI
     print(f"report written to {md_path} and {html_path}")
-    return 0
-
-
-def add_compare_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="finished `routealign eval` run folders"
-    )
-    parser.add_argument(
-        "--output",
-        type=Path,
-        default=Path("compare"),
-        help="folder for compare.md, compare.html and compare_plots/ (default: ./compare)",
-    )
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    md_path, html_path = compare_runs(args.run_dirs, args.output)
-    print(f"comparison of {len(args.run_dirs)} runs written to {md_path} and {html_path}")
     return 0

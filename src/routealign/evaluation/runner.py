@@ -142,6 +142,14 @@ class EvalConfig:
     safety item of this config must be among its samples (same benchmark, item id, attack and prompt);
     the capability benchmarks listed here are copied from its samples, if they ran with the same
     settings. The summary records the folder, that run's config and its model fingerprint."""
+    reference: str | None = None
+    """An earlier ``routealign eval`` folder that answered the same items (e.g. the base model's run):
+    ``summary.json`` then holds ``paired``, this run − that one for every metric both have, with 95%
+    intervals and the share of paired resamples above zero (``routealign.evaluation.paired``), and the
+    report shows it. Checked before anything loads: for every safety benchmark both runs have, its
+    samples must hold exactly this config's items (benchmark, item id, attack, prompt); a capability
+    benchmark whose items turn out to differ (other limit or seed) is left out of ``paired`` and named
+    in its ``mismatched``."""
     seed: int = 0
     """Seeds subsampling and bootstrap resampling."""
     bootstrap_resamples: int = 1000
@@ -190,6 +198,8 @@ class Plan:
     evaluated model."""
     earlier: EarlierRun | None = None
     """With ``answers_from``: the earlier run's answers, matched to ``rows``, and its capability rows."""
+    reference: tuple[str, list[dict]] | None = None
+    """With ``reference``: that run's name and sample rows, its items already checked against ``rows``."""
 
 
 def plan_eval(cfg: EvalConfig) -> Plan:
@@ -221,7 +231,27 @@ def plan_eval(cfg: EvalConfig) -> Plan:
     if cfg.answers_from:
         earlier = earlier_run(cfg.answers_from, rows, [entry for entry, _ in capability], output_dir=cfg.output_dir,
                               seed=cfg.seed, max_new_tokens=cfg.generation.max_new_tokens)  # fmt: skip
-    return Plan(rows, capability, parameters, judge, earlier)
+    return Plan(rows, capability, parameters, judge, earlier, _reference(cfg, rows))
+
+
+def _reference(cfg: EvalConfig, rows: list[dict]) -> tuple[str, list[dict]] | None:
+    """The reference run's name and samples, its shared safety items checked against the planned ``rows``."""
+    if not cfg.reference:
+        return None
+    from .metrics import SAMPLES, load_samples, load_summary
+    from .paired import check_same_items
+
+    folder = Path(cfg.reference)
+    with _named("reference"):
+        if not (folder / SAMPLES).is_file():
+            raise DataError(f"{folder}: no {SAMPLES} (is it a finished `routealign eval` run?)")
+        name = str((load_summary(folder).get("run") or {}).get("name") or folder.name)
+        samples = load_samples(folder / SAMPLES)
+        try:
+            check_same_items(samples, rows, name, cfg.name or Path(cfg.output_dir).name)
+        except DataError as e:
+            raise DataError(f"{folder / SAMPLES}: {e}") from None
+    return name, samples
 
 
 def _light_judge(cfg: EvalConfig, parameters: set[str] | None):
@@ -509,6 +539,15 @@ def _run(cfg: EvalConfig, plan: Plan, out: Path, state) -> Path:
     atomic_write_text(out / SAMPLES, text)
     run["samples_sha256"] = hashlib.sha256(text.encode("utf-8")).hexdigest()  # what answers_from checks
     summary = summarize(rows, run, n_resamples=cfg.bootstrap_resamples, seed=cfg.seed, unparseable=cfg.unparseable)
+    if plan.reference is not None:
+        from .paired import paired_differences
+
+        ref_name, ref_rows = plan.reference
+        # The safety items were checked in the plan; a capability benchmark run with other settings than
+        # the reference's is left out (and named in "mismatched") rather than lose the run here.
+        summary["paired"] = {"folder": cfg.reference, **paired_differences(
+            ref_rows, rows, ref_name=ref_name, name=run["name"], policy=cfg.unparseable,
+            n_resamples=cfg.bootstrap_resamples, seed=cfg.seed, skip_mismatched=True)}  # fmt: skip
     write_summary(out, summary)
     write_report(out)
     return out

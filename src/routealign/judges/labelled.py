@@ -12,13 +12,13 @@ import csv
 import glob
 import io
 import json
-import math
 import os
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..data.sources import DataError, read_rows
+from ..stats import wilson
 from .base import Judge, JudgeInput
 
 TASKS = ("refused", "harmful")
@@ -247,14 +247,12 @@ def agreement(pred: Sequence[bool], gold: Sequence[bool]) -> dict:
     tp = sum(p and g for p, g in zip(pred, gold, strict=True))
     tn = sum((not p) and (not g) for p, g in zip(pred, gold, strict=True))
     acc = (tp + tn) / n if n else float("nan")
-    z = 1.959963984540054
-    centre = (acc + z * z / (2 * n)) / (1 + z * z / n) if n else float("nan")
-    half = z * math.sqrt(acc * (1 - acc) / n + z * z / (4 * n * n)) / (1 + z * z / n) if n else float("nan")
+    low, high = wilson(acc, n) if n else (float("nan"), float("nan"))
     return {
         "n": n,
         "accuracy": acc,
-        "low": centre - half,
-        "high": centre + half,
+        "low": low,
+        "high": high,
         "tp": tp,
         "tn": tn,
         "fp": sum(pred) - tp,
