@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from routealign.config import ConfigError
+from routealign.generation import routed_generate
 from routealign.models.moe import (
     RouterTrace,
     expert_counts,
@@ -15,7 +16,6 @@ from routealign.models.moe import (
     merge_deltas,
     merged_state_dict,
     moe_view,
-    routed_generate,
 )
 from routealign.models.tiny import TINY_MOE, byte_tokenizer, tiny_llama, tiny_moe
 

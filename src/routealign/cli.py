@@ -12,6 +12,8 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+from .errors import USER_ERRORS
+
 log = logging.getLogger("routealign")
 
 QUICKSTART_CONFIG = "safemoe/smollm2-cpu"
@@ -336,25 +338,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean "the input is wrong", not "routealign is broken": one line, exit 2.
-
-    routealign's own types, raised where the input is read or checked (a config key, a data row, an
-    artifact, a busy folder, a model that does not load, an API that refuses), plus FileNotFoundError
-    for a path that is not there. Anything else is a bug and keeps its traceback.
-    """
-    from .config import ConfigError
-    from .data import DataError
-    from .io import FolderBusyError
-    from .judges.api import APIJudgeError
-    from .models.installable import PullError
-    from .models.mixture import MixtureError
-    from .training import NonFiniteLossError
-
-    return (ConfigError, DataError, MixtureError, FolderBusyError, APIJudgeError, NonFiniteLossError, PullError,
-            FileNotFoundError)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.INFO if _is_main_process() else logging.WARNING
@@ -368,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"routealign {args.command}: interrupted", file=sys.stderr)
         return 130
-    except user_errors() as e:
+    except USER_ERRORS as e:
         if args.verbose:
             import traceback
 

@@ -19,15 +19,13 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError
+
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 PRECISIONS = ("no", "bf16", "fp16")
 POOLS = ("rms", "mean")
 MAPPINGS = ("softmax", "sigmoid")
 DEVICE_PATTERN = r"auto|cpu|mps|(cuda|xpu)(:\d+)?"
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used; the message names the file and the dotted key."""
 
 
 # --------------------------------------------------------------------------------------------------

@@ -17,16 +17,16 @@ T = TypeVar("T")
 
 def _error_types() -> dict[str, type[BaseException]]:
     """The user-error types the command line reports in one line, re-raised as themselves elsewhere."""
-    from .cli import user_errors
+    from .errors import USER_ERRORS
 
-    return {cls.__name__: cls for cls in user_errors()}
+    return {cls.__name__: cls for cls in USER_ERRORS}
 
 
 def on_main(state, fn: Callable[[], T]) -> T:
     """``fn()`` on the main process; its value on every process (it must be picklable).
 
     ``state`` is accelerate's ``Accelerator`` or ``PartialState``. If ``fn`` raises, the main process
-    re-raises it and every other process raises the same type, if it is a user error (``cli.user_errors``),
+    re-raises it and every other process raises the same type, if it is a user error (``errors.USER_ERRORS``),
     else a RuntimeError, with the same message.
     """
     result, error = None, None

@@ -10,6 +10,7 @@ import torch
 
 from .data.collate import left_padded_prompts
 from .models.mixture import Mixture
+from .models.moe import MoEView, RouterTrace, expert_counts
 
 BASE_ROUTE = "base"
 """Name shown for the null expert (the base model alone)."""
@@ -110,3 +111,51 @@ def render_routes(gen: Generation) -> str:
             current = route
         parts.append(token)
     return "".join(parts).strip()
+
+
+# --------------------------------------------------------------------------------------------------
+# Generation that counts the experts a native MoE routes each answer through (RASA's stage 1)
+
+
+@dataclass
+class RoutedGeneration:
+    prompt: str | list[dict]
+    text: str
+    counts: torch.Tensor
+    """``[layers, experts]`` int: counted positions with that expert in the layer's top-k."""
+    positions: int
+    """Positions counted (generated tokens, plus prompt tokens when asked)."""
+    ids: list[int]
+    """The answer's token ids (up to, not including, EOS)."""
+
+
+def routed_generate(model, tokenizer, prompts: Sequence, view: MoEView, *, prompt_tokens: bool = False,
+                    batch_size: int = 8, **generate_kwargs) -> list[RoutedGeneration]:  # fmt: skip
+    """Batched generation (:func:`generate`) with each answer's expert counts.
+
+    A generated token counts at the forward pass that reads it (its own routing), up to the end of the
+    answer: EOS and the padding after it are not counted, nor is the last token (never read back).
+    With ``prompt_tokens`` the prompt's non-padding positions count too.
+    """
+    results = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start : start + batch_size])
+        with RouterTrace(view) as trace:
+            gens = generate(model, tokenizer, chunk, batch_size=len(chunk), **generate_kwargs)
+        prompt_mask = left_padded_prompts(tokenizer, chunk, generate_kwargs.get("system"))["attention_mask"]
+        rows, width = prompt_mask.shape
+        answered = torch.tensor([len(g.ids) for g in gens])
+        counts = []
+        for calls in trace.indices:
+            first, steps = calls[0], calls[1:]
+            if first.shape[0] != rows * width or any(s.shape[0] != rows for s in steps):
+                raise RuntimeError(f"router calls of {[c.shape[0] for c in calls[:3]]} tokens do not match a batch of {rows}×{width}")
+            k = first.shape[-1]
+            per_position = torch.cat([first.view(rows, width, k), *(s.view(rows, 1, k) for s in steps)], 1).cpu()
+            generated = torch.arange(len(steps)).unsqueeze(0) < answered.unsqueeze(1)  # [B, steps]
+            mask = torch.cat([prompt_mask.cpu().bool() & prompt_tokens, generated], 1)
+            counts.append(expert_counts(per_position, mask, view.num_experts))
+        counts = torch.stack(counts, 1)  # [B, L, E]
+        positions = answered.clamp(max=len(trace.indices[0]) - 1) + (prompt_mask.sum(1).cpu() if prompt_tokens else 0)
+        results += [RoutedGeneration(g.prompt, g.text, counts[i], int(positions[i]), g.ids) for i, g in enumerate(gens)]
+    return results

@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import FolderBusyError
+
 
 def cache_dir() -> Path:
     """routealign's cache (converted models, file digests, judge replies): ``$ROUTEALIGN_CACHE``,
@@ -222,11 +224,6 @@ def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
 
 
 LOCK_FILE = ".routealign.lock"
-
-
-class FolderBusyError(RuntimeError):
-    """The output folder cannot be had: another process holds its lock (another run is writing it),
-    or the path is a file."""
 
 
 def _listing(folder: Path) -> str:

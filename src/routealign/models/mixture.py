@@ -34,16 +34,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import GateConfig
+from ..errors import MixtureError
 from .gates import GateHead, expert_weights, pool_hidden, route_probs
 
 PEFT_PREFIX = "base_model.model."
 SEQUENCE_GATE = "routealign_sequence_gate"
 IGNORE_INDEX = -100
 """Label of positions without loss (the prompt, padding): transformers' and PyTorch's convention."""
-
-
-class MixtureError(ValueError):
-    """An expert that cannot join the mixture; the message names the adapter folder."""
 
 
 # --------------------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from ..data.collate import encode_all, ensure_chat_template, prompt_ids, sft_col
 from ..data.records import SFTExample
 from ..distributed import map_shards
 from ..expert_selection import Selection, by_layer, heatmap, random_slots, select_experts
+from ..generation import routed_generate
 from ..io import (
     DamagedFileError,
     atomic_dir,
@@ -59,7 +60,7 @@ from ..io import (
 from ..losses import mean_routing, routing_kl
 from ..models.artifact import FORMAT_VERSION, MANIFEST, MODEL_FOLDER
 from ..models.loading import load_model, load_tokenizer
-from ..models.moe import MoEView, RouterTrace, expert_deltas, merged_state_dict, moe_view, routed_generate
+from ..models.moe import MoEView, RouterTrace, expert_deltas, merged_state_dict, moe_view
 from ..training import Callback, clear_checkpoint, run_stage
 from .common import recipe_stage, run_recipe
 
