@@ -95,18 +95,19 @@ def random_slots(shape: tuple[int, int], n: int, seed: int) -> list[tuple[int, i
 
 def heatmap(selection: Selection, path: Path, layer_ids: Sequence[int] | None = None, title: str = "") -> None:
     """A layers × experts image of the global RD with the selected slots outlined."""
-    import matplotlib
+    from matplotlib.patches import Rectangle
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .io import atomic_file
+    from .plots import new_figure, to_png
 
     rd = torch.tensor(selection.global_rd)
     layers, experts = rd.shape
-    fig, ax = plt.subplots(figsize=(min(max(5.0, 2 + 0.18 * experts), 16), min(max(3.0, 1.5 + 0.3 * layers), 12)))
+    fig = new_figure(min(max(5.0, 2 + 0.18 * experts), 16), min(max(3.0, 1.5 + 0.3 * layers), 12))
+    ax = fig.add_subplot()
     bound = float(rd.abs().max()) or 1.0
     image = ax.imshow(rd.numpy(), cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto", interpolation="nearest")
     for layer, expert in selection.union:
-        ax.add_patch(plt.Rectangle((expert - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="#00b000", linewidth=1.6))
+        ax.add_patch(Rectangle((expert - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="#00b000", linewidth=1.6))
     ax.set_xlabel("expert")
     ax.set_ylabel("MoE layer")
     if layer_ids is not None:
@@ -114,8 +115,5 @@ def heatmap(selection: Selection, path: Path, layer_ids: Sequence[int] | None = 
     ax.set_title(title or f"RD = f(jailbreak) − f(plain)\noutlined: the union of per-batch top-N ({len(selection.union)})",
                  fontsize=10)
     fig.colorbar(image, ax=ax, label="RD")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(to_png(fig, dpi=120))

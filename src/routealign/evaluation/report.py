@@ -13,7 +13,6 @@ import argparse
 import base64
 import hashlib
 import html
-import io
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from ..data.sources import DataError
 from ..io import atomic_dir, atomic_write_text
+from ..plots import new_figure, to_png
 from .metrics import SAMPLES, load_samples, load_summary, resampling_of
 
 EXAMPLES_PER_BENCHMARK = 3
@@ -319,22 +319,7 @@ def differences_table(differences: dict[str, dict], reference: str) -> Table:
 
 
 # --------------------------------------------------------------------------------------------------
-# Plots (matplotlib's Agg canvas on a bare Figure: no pyplot, so no global figure state or GUI backend)
-
-
-def new_figure(width: float, height: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def to_png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    return buf.getvalue()
+# Plots (on the bare-Figure helpers of routealign.plots)
 
 
 def error_bar(m: dict | None, scale: float) -> tuple[float, float, float]:
