@@ -12,9 +12,9 @@ import torch
 
 from routealign.config import ConfigError
 from routealign.data.sources import DataError, resolve_path
-from routealign.judges.embedding import (
+from routealign.judges.embedding import DEFAULT_HEAD
+from routealign.judges.head import (
     DECLINE_PHRASES,
-    DEFAULT_HEAD,
     Head,
     fit_head,
     label_tensor,
@@ -153,7 +153,7 @@ def test_an_encoder_folder_loads_its_weights_from_safetensors_only(tmp_path):
 
     from transformers import BertConfig, BertModel
 
-    from routealign.judges.embedding import SentenceEncoder, encoder_path
+    from routealign.judges.encoder import SentenceEncoder, encoder_path
 
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(encoder_path() / name, tmp_path / name)

@@ -255,7 +255,7 @@ def test_bad_judge_settings_fail_before_a_model_loads(tmp_path, tiny_model_dir, 
 def test_missing_services_fail_before_a_model_loads(tmp_path, tiny_model_dir, eval_files, monkeypatch):
     """An API judge whose key is not in the environment, and a missing sentence encoder, are found in
     the plan, not after every answer was generated."""
-    from routealign.judges import embedding
+    from routealign.judges import encoder
 
     _no_model_may_load(monkeypatch)
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
@@ -267,7 +267,7 @@ def test_missing_services_fail_before_a_model_loads(tmp_path, tiny_model_dir, ev
     def no_encoder():
         raise FileNotFoundError("the minilm judge and informativeness need the sentence encoder package: pip ...")
 
-    monkeypatch.setattr(embedding, "encoder_path", no_encoder)
+    monkeypatch.setattr(encoder, "encoder_path", no_encoder)
     data = {**_config(tmp_path, tiny_model_dir, *eval_files), "judge": "refusal-keywords", "informativeness": True}
     with pytest.raises(ConfigError, match="informativeness: the minilm judge and informativeness need"):
         run_eval(load_eval_config(str(_write(tmp_path, data))))

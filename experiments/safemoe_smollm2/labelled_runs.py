@@ -71,7 +71,7 @@ def labelled_rows(model: str, planned: list[dict], labels: dict[str, dict], used
 
 def score_informativeness(rows: list[dict]) -> None:
     """Cosine similarity of answer and reference answer (all-MiniLM-L6-v2), as the eval runner scores it."""
-    from routealign.judges.embedding import SentenceEncoder
+    from routealign.judges.encoder import SentenceEncoder
 
     have = [r for r in rows if r.get("_reference")]
     encoder = SentenceEncoder()

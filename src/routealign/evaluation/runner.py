@@ -293,7 +293,7 @@ def _check_services(cfg: EvalConfig, judge, *, references: bool) -> None:
     reference answer to compare with)."""
     import os
 
-    from ..judges.embedding import encoder_path
+    from ..judges.encoder import encoder_path
 
     keys = []
     if cfg.api is not None:
@@ -304,7 +304,8 @@ def _check_services(cfg: EvalConfig, judge, *, references: bool) -> None:
         if not os.environ.get(env):
             raise ConfigError(f"{key}: the environment variable {env} is not set (a server that needs no key takes any value)")
     from ..judges import JUDGES
-    from ..judges.embedding import MiniLMJudge, check_encoder, judge_encoder
+    from ..judges.embedding import MiniLMJudge, judge_encoder
+    from ..judges.encoder import check_encoder
 
     packaged_encoder = False
     judge_cls = JUDGES.get(cfg.judge)
@@ -644,7 +645,7 @@ def _informativeness(rows: list[dict], device: str = "cpu") -> list[float | None
     scores: list[float | None] = [None] * len(rows)
     if not have:
         return scores
-    from ..judges.embedding import SentenceEncoder
+    from ..judges.encoder import SentenceEncoder
 
     encoder = SentenceEncoder(device=device)
     answers = encoder.encode([rows[i]["response"] for i in have])

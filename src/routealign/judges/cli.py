@@ -9,7 +9,7 @@ Each output row is its input row plus ``refused``, ``harmful``, ``score``, ``rea
 (:func:`routealign.judges.judge_all`), and the file is written to a temporary sibling and renamed into
 place. ``--option`` values are read as JSON when they parse (``4``, ``0.5``, ``true``, ``null``) and
 as plain strings otherwise; ``-`` in a key becomes ``_``. ``fit`` is a sub-action handled by
-:mod:`routealign.judges.embedding` (``add_fit_args`` / ``cmd_fit``), offered only when that module is
+:mod:`routealign.judges.fit` (``add_fit_args`` / ``cmd_fit``), offered only when that module is
 importable.
 """
 
@@ -25,7 +25,7 @@ from ..data.sources import DataError
 from ..io import atomic_write_text
 from . import JUDGES, JudgeInput, check_judge, get_judge, judge_all, judge_names
 
-FIT_MODULE = "routealign.judges.embedding"
+FIT_MODULE = "routealign.judges.fit"
 REQUIRED_FIELDS = ("prompt", "response")
 
 
