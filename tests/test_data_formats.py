@@ -59,9 +59,22 @@ def test_registry_has_the_documented_formats():
 
 
 def test_unknown_format_lists_known_names():
+    """The message lists every registered format once, sorted (so the near miss 'beavertails' is easy to
+    spot), and the error raised is one the command line reports in one line (exit 2): a ValueError among
+    USER_ERRORS, with the registry's KeyError suppressed rather than chained into the traceback."""
+    from routealign.errors import USER_ERRORS
+
     text = message(get_format, "beavertail")
     assert text.startswith("unknown data format 'beavertail' (known: advbench, beavertails, catqa,")
     assert isinstance(DataError("x"), ValueError)
+    assert text.endswith(")") and text.count("(known: ") == 1
+    known = text[text.index("(known: ") + len("(known: ") : -1].split(", ")
+    assert known == sorted(known) and len(known) == len(set(known))
+    assert set(known) == set(FORMATS)
+    with pytest.raises(ValueError, match=r"^unknown data format 'beavertail' \(known: ") as info:
+        get_format("beavertail")
+    assert isinstance(info.value, USER_ERRORS)
+    assert info.value.__suppress_context__ and info.value.__cause__ is None
 
 
 def test_register_refuses_a_taken_name():

@@ -876,6 +876,8 @@ def test_judge_contract(name, contract_ctx):
 
 
 def test_verdict_positional_fields_and_the_unparseable_flag():
+    """Positional order (refused, harmful, score, reason, unparseable), and the checks that make a
+    Verdict more than a record of what a judge returned."""
     v = Verdict(True, False, 0.0, "declined")
     assert (v.refused, v.harmful, v.score, v.reason, v.unparseable) == (True, False, 0.0, "declined", False)
     assert v.to_dict() == {
@@ -888,6 +890,19 @@ def test_verdict_positional_fields_and_the_unparseable_flag():
     assert Verdict(False, False, 0, "x", True).unparseable
     with pytest.raises(TypeError, match="must be bools"):
         Verdict(False, False, 0.0, "x", unparseable="yes")
+    # What __post_init__ adds to holding the fields: an int score becomes a float (a JSONL row reads
+    # "score": 1.0, not 1), both ends of [0, 1] are kept, anything outside it or NaN is refused, and
+    # 1 / 0 are not bools (a judge returning ints is a bug, not a verdict).
+    v = Verdict(False, True, 1, "complied")
+    assert type(v.score) is float and v.score == 1.0
+    assert json.dumps(v.to_dict()) == '{"refused": false, "harmful": true, "score": 1.0, "reason": "complied", "unparseable": false}'
+    assert Verdict(True, False, 0).score == 0.0 and Verdict(True, False, 0).reason == ""
+    for bad in (1.5, -0.01, 1.0000001, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=r"score must be in \[0, 1\]"):
+            Verdict(False, True, bad, "x")
+    for flags in ((1, False), (False, 0), (None, False)):
+        with pytest.raises(TypeError, match="must be bools"):
+            Verdict(*flags, 0.5, "x")
 
 
 class CountingJudge(Judge):
@@ -1062,8 +1077,10 @@ def test_cli_fit_subaction_is_offered_only_with_the_embedding_module(monkeypatch
         called = {}
         monkeypatch.setattr(cli._fit_module(), "cmd_fit", lambda a: called.setdefault("args", a) and 0)
         assert cmd_judge(args) == 0 and called["args"] is args
-    # Without the module, the plain flags still parse and no subcommand is required.
-    monkeypatch.setattr(cli, "_fit_module", lambda: None)
+    # Without the module, the plain flags still parse and no subcommand is required. The real
+    # _fit_module decides that (it is not patched): FIT_MODULE names a module that is not there.
+    monkeypatch.setattr(cli, "FIT_MODULE", "routealign.judges.no_such_fit_module")
+    assert cli._fit_module() is None
     parser = argparse.ArgumentParser()
     add_judge_args(parser)
     args = parser.parse_args(["--judge", "refusal-keywords", "--input", "a", "--output", "b"])
@@ -1073,3 +1090,37 @@ def test_cli_fit_subaction_is_offered_only_with_the_embedding_module(monkeypatch
         "b",
         None,
     )
+    with pytest.raises(SystemExit):  # no "fit" sub-action to parse into
+        parser.parse_args(["fit", "--data", "labelled=x.jsonl"])
+
+
+def test_cli_fit_module_is_found_checked_and_dispatched_to(tmp_path, monkeypatch, request):
+    """The real _fit_module and cmd_judge over stand-in modules on sys.path: one with add_fit_args and
+    cmd_fit is offered and dispatched to (its return value, 7, comes back); one lacking cmd_fit is not
+    offered; one that is there but fails to import a dependency is an error, not silently no ``fit``."""
+    import sys
+
+    import routealign.judges.cli as cli
+
+    (tmp_path / "ra_fit_ok.py").write_text(
+        "def add_fit_args(p):\n    p.add_argument('--data', action='append')\n"
+        "def cmd_fit(args):\n    args.seen_by_fit = True\n    return 7\n"
+    )
+    (tmp_path / "ra_fit_half.py").write_text("def add_fit_args(p):\n    pass\n")
+    (tmp_path / "ra_fit_broken.py").write_text("import ra_fit_missing_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    request.addfinalizer(lambda: [sys.modules.pop(n, None) for n in ("ra_fit_ok", "ra_fit_half")])
+
+    monkeypatch.setattr(cli, "FIT_MODULE", "ra_fit_ok")
+    parser = argparse.ArgumentParser()
+    add_judge_args(parser)
+    args = parser.parse_args(["fit", "--data", "labelled=x.jsonl"])
+    assert args.judge_action == "fit" and args.data == ["labelled=x.jsonl"]
+    assert cmd_judge(args) == 7 and args.seen_by_fit is True
+
+    monkeypatch.setattr(cli, "FIT_MODULE", "ra_fit_half")
+    assert cli._fit_module() is None
+
+    monkeypatch.setattr(cli, "FIT_MODULE", "ra_fit_broken")
+    with pytest.raises(ModuleNotFoundError, match="ra_fit_missing_dependency"):
+        cli._fit_module()

@@ -233,6 +233,18 @@ def reward_model_dir(tmp_path):
     return folder
 
 
+def _chatml(prompt: str, response: str) -> str:
+    """The byte tokenizer's ChatML chat, written out by hand (not through routealign.reward.render)."""
+    return f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n{response}<|im_end|>\n"
+
+
+def _reward_by_hand(model, tok, prompt: str, response: str) -> float:
+    """The reward model's one output for the hand-written chat, read alone (no padding, no added BOS)."""
+    ids = tok(_chatml(prompt, response), return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        return model(**ids).logits[0, 0].item()
+
+
 def test_reward_model_scores_each_pair_as_a_chat(reward_model_dir):
     from routealign.reward import load_scorer, render, score
 
@@ -241,9 +253,14 @@ def test_reward_model_scores_each_pair_as_a_chat(reward_model_dir):
     got = score(model, tok, pairs, batch_size=2)
     for (prompt, response), value in zip(pairs, got, strict=True):  # one at a time, no padding involved
         text = render(tok, prompt, response)
-        assert text.startswith("<|im_start|>user\nIs water wet?") or "Name a colour." in text
+        assert text == _chatml(prompt, response)
         ids = tok(text, return_tensors="pt", add_special_tokens=False)
         assert value == pytest.approx(model(**ids).logits[0, 0].item(), abs=1e-5)
+        assert value == pytest.approx(_reward_by_hand(model, tok, prompt, response), abs=1e-5)
+    assert render(tok, *pairs[1]) == (
+        "<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n"
+        "A much longer answer: blue, the colour of the sky.<|im_end|>\n"
+    )
     # A system prompt is part of what the reward model reads.
     assert render(tok, "Hi?", "Hello.", "Be brief.").startswith("<|im_start|>system\nBe brief.<|im_end|>")
     assert score(model, tok, [("Hi?", "Hello.", "Be brief.")]) != score(model, tok, [("Hi?", "Hello.")])
@@ -251,15 +268,18 @@ def test_reward_model_scores_each_pair_as_a_chat(reward_model_dir):
 
 def test_margin_from_a_reward_model(tmp_path, tiny_model_dir, reward_model_dir, cache):
     from routealign.recipes.midpo import MarginConfig, margin_scores
-    from routealign.reward import load_scorer, score
+    from routealign.reward import load_scorer
 
     margin = {"source": "model", "model": str(reward_model_dir), "higher_is": "better"}
     pairs = [PreferencePair("Is it safe?", "Yes, when stored well.", "No idea."), PreferencePair("Hi?", "Hello!", "Go away.")]
     got = margin_scores(pairs, MarginConfig(**margin), "safety")
     model, tok = load_scorer(str(reward_model_dir), device="cpu")
-    for (chosen, rejected), pair in zip(got, pairs, strict=True):
-        assert chosen == pytest.approx(score(model, tok, [(pair.prompt, pair.chosen)])[0], abs=1e-5)
-        assert rejected == pytest.approx(score(model, tok, [(pair.prompt, pair.rejected)])[0], abs=1e-5)
+    for (chosen, rejected), pair in zip(got, pairs, strict=True):  # against a forward over the chat written out by hand
+        assert chosen == pytest.approx(_reward_by_hand(model, tok, pair.prompt, pair.chosen), abs=1e-5)
+        assert rejected == pytest.approx(_reward_by_hand(model, tok, pair.prompt, pair.rejected), abs=1e-5)
+    # A (chosen, rejected) swap fails the lines above only where the two differ by more than their
+    # tolerance: on 30 tokenizer orders (PYTHONHASHSEED) the larger gap was 4.7e-4 at least.
+    assert max(abs(chosen - rejected) for chosen, rejected in got) > 2e-5
     _, out = run(tmp_path, tiny_model_dir, safety__margin=margin)
     logged = [json.loads(line) for line in (out / "logs" / "train.jsonl").read_text().splitlines()]
     assert all("margin" in e for e in logged if e["stage"] == "expert:safety")

@@ -3,8 +3,11 @@ routing traces during batched generation, and chosen-expert deltas."""
 
 from __future__ import annotations
 
+import operator
+
 import pytest
 import torch
+from transformers import AutoConfig
 
 from routealign.config import ConfigError
 from routealign.generation import routed_generate
@@ -22,9 +25,35 @@ from routealign.models.tiny import TINY_MOE, byte_tokenizer, tiny_llama, tiny_mo
 FAMILIES = sorted(TINY_MOE)
 
 
+# Written by hand from the transformers 5 model files, not read from routealign's table: per family, the
+# config field holding the number of routed experts, how the router scores experts, and the block's
+# shared parts (every token goes through them).
+FAMILY_FACTS = {
+    "mixtral": ("num_local_experts", "softmax", ()),
+    "qwen2_moe": ("num_experts", "softmax", ("shared_expert", "shared_expert_gate")),
+    "qwen3_moe": ("num_experts", "softmax", ()),
+    "olmoe": ("num_experts", "softmax", ()),
+    "deepseek_v2": ("n_routed_experts", "softmax", ("shared_experts",)),
+    "deepseek_v3": ("n_routed_experts", "sigmoid", ("shared_experts",)),
+}
+
+
 def test_the_table_covers_the_families_the_tests_build():
-    assert set(families()) == set(TINY_MOE)
+    """The architectures table against the hand-written facts above and against the models transformers
+    builds: the config fields it names are the ones transformers reads, and every shared part it names
+    is there (moe_view skips a missing one silently, so a misspelt name would otherwise go unseen)."""
+    assert set(families()) == set(TINY_MOE) == set(FAMILY_FACTS)
     assert families()["deepseek_v3"].scoring == "sigmoid" and families()["qwen2_moe"].shared == ("shared_expert", "shared_expert_gate")
+    for model_type, (experts_field, scoring, shared) in FAMILY_FACTS.items():
+        row = families()[model_type]
+        assert (row.num_experts, row.top_k, row.scoring, row.shared) == (experts_field, "num_experts_per_tok", scoring, shared)
+        config = AutoConfig.for_model(model_type, **{experts_field: 5, "num_experts_per_tok": 3})
+        assert (getattr(config, row.num_experts), getattr(config, row.top_k)) == (5, 3), model_type
+        model = tiny_moe(model_type, num_experts=4, top_k=2, num_layers=2)
+        assert model.config.model_type == model_type
+        block = getattr(operator.attrgetter(row.layers)(model)[-1], row.block)
+        assert [name for name in shared if isinstance(getattr(block, name, None), torch.nn.Module)] == list(shared)
+        assert len(moe_view(model).layers[-1].shared) == len(shared), model_type
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)

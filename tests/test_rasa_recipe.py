@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from routealign.config import ConfigError, load_config
-from routealign.judges.base import JUDGES
+from routealign.judges.base import JUDGES, Judge, Verdict
 from routealign.models.moe import moe_view
 from routealign.models.tiny import TINY_MOE
 from routealign.recipes.rasa import RASAConfig, main
@@ -21,6 +21,32 @@ from tests.helpers import REQUESTS, FirstSeenRefused, modes_not_from_umask, rasa
 def test_judge(monkeypatch):
     monkeypatch.setitem(JUDGES, "first-seen-refused", FirstSeenRefused)
     FirstSeenRefused.name = "first-seen-refused"
+
+
+class ScriptedRefusals(Judge):
+    """Test judge for RASA's stage 0 with a verdict per request and per answer: the first answer judged
+    against a request (its plain answer) is a refusal when the request is in ``plain_refused``, the
+    second (its jailbreak answer, one attack) when it is in ``jailbreak_refused``; later ones never are.
+    Stage 0 judges every plain answer before the jailbreak answers, as :class:`FirstSeenRefused` relies on."""
+
+    name = "scripted-refusals"
+
+    def __init__(self, plain_refused: list[str], jailbreak_refused: list[str]):
+        self.script, self.seen = (set(plain_refused), set(jailbreak_refused)), {}
+
+    def judge(self, items):
+        verdicts = []
+        for item in items:
+            n = self.seen[item.prompt] = self.seen.get(item.prompt, -1) + 1
+            refused = n < 2 and item.prompt in self.script[n]
+            verdicts.append(Verdict(refused=refused, harmful=not refused, score=0.0 if refused else 1.0))
+        return verdicts
+
+
+# Requests 0, 3 and 5 qualify (plain refused, jailbreak complied with); 1 is refused both ways, 2 and 4
+# are answered both ways. By hand: plain refused 4 (0, 1, 3, 5), jailbreak complied 5 (0, 2, 3, 4, 5),
+# qualified 3 (0, 3, 5): three different numbers, each counted by the recipe, none the judge's count.
+SCRIPT = {"plain_refused": [REQUESTS[i] for i in (0, 1, 3, 5)], "jailbreak_refused": [REQUESTS[1]]}
 
 
 @pytest.fixture
@@ -67,8 +93,9 @@ def test_expert_repair_trains_only_the_chosen_slices(tmp_path, model_type):
     assert [k for k in others if not torch.equal(before[k], after[k])] == []
 
 
-def test_rasa_rounds_train_experts_and_routers_and_the_model_loads(tmp_path, moe_dir):
-    cfg, out = _run(tmp_path, moe_dir)
+def test_rasa_rounds_train_experts_and_routers_and_the_model_loads(tmp_path, moe_dir, monkeypatch):
+    monkeypatch.setitem(JUDGES, ScriptedRefusals.name, ScriptedRefusals)
+    cfg, out = _run(tmp_path, moe_dir, pairs={"judge": ScriptedRefusals.name, "judge_options": SCRIPT})
     before, after = _weights(moe_dir), _weights(out / "model")
     routers = [k for k in before if k.endswith("mlp.gate.weight")]
     assert routers and all(not torch.equal(before[k], after[k]) for k in routers)
@@ -78,9 +105,10 @@ def test_rasa_rounds_train_experts_and_routers_and_the_model_loads(tmp_path, moe
     assert selection["shape"] == [2, 8] and selection["top_n"] == 2  # 12.5% of 16 slots
     assert (out / "experts_heatmap.png").stat().st_size > 0
     report = json.loads((out / "pairs_report.json").read_text())
-    assert report == {"refusal-suppression": {"requests": 6, "plain_refused": 6, "jailbreak_complied": 6, "qualified": 6}}
+    assert report == {"refusal-suppression": {"requests": 6, "plain_refused": 4, "jailbreak_complied": 5, "qualified": 3}}
     pairs = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
-    assert len(pairs) == 6 and all(p["target"] == cfg.pairs.refusal_text and p["jailbreak"] != p["plain"] for p in pairs)
+    assert [p["plain"] for p in pairs] == [REQUESTS[0], REQUESTS[3], REQUESTS[5]]
+    assert all(p["target"] == cfg.pairs.refusal_text and p["jailbreak"] != p["plain"] for p in pairs)
     log = [json.loads(line) for line in (out / "logs" / "train.jsonl").read_text().splitlines()]
     assert [e["stage"] for e in log if e["step"] == 1] == ["round1/repair", "round1/routing", "round2/repair", "round2/routing"]
     assert all("routing/kl" in e for e in log if e["stage"].endswith("routing"))
@@ -91,7 +119,7 @@ def test_rasa_rounds_train_experts_and_routers_and_the_model_loads(tmp_path, moe
     loaded = routealign.load(out)
     ids = torch.tensor([[1, 2, 3]])
     assert torch.equal(loaded(ids).logits, model(ids).logits)
-    assert "| refusal-suppression | 6 | 6 | 6 | 6 |" in (out / "report.md").read_text()
+    assert "| refusal-suppression | 6 | 4 | 5 | 3 |" in (out / "report.md").read_text()
 
 
 def test_a_finished_run_is_not_trained_again(tmp_path, moe_dir):
