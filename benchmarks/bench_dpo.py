@@ -49,16 +49,23 @@ def synthetic_pairs(tokenizer, n: int, prompt_tokens: int, response_tokens: int,
     rng = random.Random(seed)
 
     def text(k: int) -> str:
-        ids = tokenizer(" ".join(rng.choice(words) for _ in range(k * 2)), add_special_tokens=False)["input_ids"][:k]
+        ids = tokenizer(" ".join(rng.choice(words) for _ in range(k * 2)), add_special_tokens=False)[
+            "input_ids"
+        ][:k]
         return tokenizer.decode(ids)
 
-    return [{"prompt": text(prompt_tokens), "chosen": text(response_tokens), "rejected": text(response_tokens)} for _ in range(n)]
+    return [
+        {"prompt": text(prompt_tokens), "chosen": text(response_tokens), "rejected": text(response_tokens)}
+        for _ in range(n)
+    ]
 
 
 def lora(r: int):
     from peft import LoraConfig
 
-    return LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=["down_proj"], task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=["down_proj"], task_type="CAUSAL_LM"
+    )
 
 
 def median_step(stamps: list[float], warmup: int) -> float:
@@ -79,7 +86,9 @@ def run_routealign(args, base_state, tokenizer, pairs, variant: str) -> float:
     from routealign.training import Stage, run_stage
 
     model = fresh_model(args, base_state)
-    examples = encode_pairs([PreferencePair(p["prompt"], p["chosen"], p["rejected"]) for p in pairs], tokenizer, 4096)
+    examples = encode_pairs(
+        [PreferencePair(p["prompt"], p["chosen"], p["rejected"]) for p in pairs], tokenizer, 4096
+    )
     collate = pair_collator(tokenizer)
     accelerator = Accelerator(cpu=args.device == "cpu", mixed_precision="bf16" if args.bf16 else "no")
     with tempfile.TemporaryDirectory() as tmp:
@@ -93,7 +102,9 @@ def run_routealign(args, base_state, tokenizer, pairs, variant: str) -> float:
                 expert = get_peft_model(fresh_model(args, base_state), lora(args.rank))
                 expert.save_pretrained(Path(tmp) / f"e{i}")
                 folders.append(read_peft_expert(Path(tmp) / f"e{i}", f"e{i}"))
-            mixture = attach_mixture(model, folders, GateConfig(mapping="sigmoid", null_expert=False, init_null=None))
+            mixture = attach_mixture(
+                model, folders, GateConfig(mapping="sigmoid", null_expert=False, init_null=None)
+            )
             mixture.freeze_all_but_gates()
             loss_fn = router_loss(0.1, 1.0)
         else:
@@ -178,7 +189,9 @@ def main() -> None:
     loaded = load_model(cfg, device="cpu")
     base_state = {"config": loaded.config, "weights": {k: v.clone() for k, v in loaded.state_dict().items()}}
     del loaded
-    pairs = synthetic_pairs(tokenizer, args.batch * (args.steps + args.warmup + 1), args.prompt_tokens, args.response_tokens, 0)
+    pairs = synthetic_pairs(
+        tokenizer, args.batch * (args.steps + args.warmup + 1), args.prompt_tokens, args.response_tokens, 0
+    )
     started = datetime.datetime.now(datetime.UTC)
     results = {}
     for variant in args.variants.split(","):
@@ -196,8 +209,14 @@ def main() -> None:
         ratios["router / routealign-cached"] = results["router"] / results["routealign-cached"]
     report = {
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
-        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__},
+        "device": torch.cuda.get_device_name()
+        if args.device.startswith("cuda")
+        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        "versions": {
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "trl": trl.__version__,
+        },
         "settings": {k: v for k, v in vars(args).items() if k not in ("json", "markdown")},
         "ms_per_step": results,
         "ratios": ratios,

@@ -33,11 +33,27 @@ import numpy as np
 from routealign.evaluation.metrics import bootstrap_ci, proportion_ci
 from routealign.evaluation.paired import difference
 
-RATES = [(21, 1, 0.0, 0.0), (21, 1, 0.02, 0.0), (21, 1, 0.1, 0.0), (21, 1, 0.5, 0.0), (21, 1, 0.95, 0.0),
-         (40, 3, 0.02, 0.5), (40, 3, 0.1, 0.5), (40, 3, 0.3, 0.5), (40, 3, 0.3, 0.0), (100, 2, 0.05, 0.3)]
+RATES = [
+    (21, 1, 0.0, 0.0),
+    (21, 1, 0.02, 0.0),
+    (21, 1, 0.1, 0.0),
+    (21, 1, 0.5, 0.0),
+    (21, 1, 0.95, 0.0),
+    (40, 3, 0.02, 0.5),
+    (40, 3, 0.1, 0.5),
+    (40, 3, 0.3, 0.5),
+    (40, 3, 0.3, 0.0),
+    (100, 2, 0.05, 0.3),
+]
 """(prompts k, attacks m, true rate p, intra-prompt correlation rho)."""
-DIFFERENCES = [(21, 1, 0.0, 0.0, 0.0, 0.0), (21, 1, 0.02, 0.0, 0.05, 0.0), (40, 3, 0.1, 0.5, 0.1, 0.2),
-               (40, 3, 0.4, 0.5, 0.2, 0.3), (100, 1, 0.3, 0.0, 0.1, 0.1), (100, 2, 0.05, 0.3, 0.0, 0.5)]
+DIFFERENCES = [
+    (21, 1, 0.0, 0.0, 0.0, 0.0),
+    (21, 1, 0.02, 0.0, 0.05, 0.0),
+    (40, 3, 0.1, 0.5, 0.1, 0.2),
+    (40, 3, 0.4, 0.5, 0.2, 0.3),
+    (100, 1, 0.3, 0.0, 0.1, 0.1),
+    (100, 2, 0.05, 0.3, 0.0, 0.5),
+]
 """(k, m, p of run A, rho, f01, f10)."""
 
 
@@ -67,7 +83,9 @@ def rate_coverage(k: int, m: int, p: float, rho: float, reps: int, seed: int) ->
             **{f"{name} mean width": widths[name] / reps for name in widths}}  # fmt: skip
 
 
-def difference_coverage(k: int, m: int, p: float, rho: float, f01: float, f10: float, reps: int, seed: int) -> dict:
+def difference_coverage(
+    k: int, m: int, p: float, rho: float, f01: float, f10: float, reps: int, seed: int
+) -> dict:
     rng = np.random.default_rng(seed)
     truth = (1 - p) * f01 - p * f10
     clusters = np.repeat(np.arange(k), m).tolist()
@@ -91,13 +109,17 @@ def markdown(rows: list[dict]) -> str:
     header = list(rows[0])
     lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
     for r in rows:
-        lines.append("| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
+        lines.append(
+            "| " + " | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()) + " |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reps", type=int, default=1000, help="simulated data sets per setting (default 1000)")
+    parser.add_argument(
+        "--reps", type=int, default=1000, help="simulated data sets per setting (default 1000)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables")

@@ -42,11 +42,31 @@ import torch
 VARIANTS = ("full", "masked", "experts")
 PRESETS = {
     # OLMoE-1B-7B: 16 layers, hidden 2048, 64 experts of width 1024, top-8, vocab 50304.
-    "gpu-olmoe": dict(layers=16, hidden=2048, experts=64, expert_width=1024, top_k=8, heads=16, vocab=50304,
-                      batch=4, seq=512, dtype="bfloat16"),  # fmt: skip
+    "gpu-olmoe": dict(
+        layers=16,
+        hidden=2048,
+        experts=64,
+        expert_width=1024,
+        top_k=8,
+        heads=16,
+        vocab=50304,
+        batch=4,
+        seq=512,
+        dtype="bfloat16",
+    ),  # fmt: skip
     # The same expert count, top-k and chosen share, scaled down to fit 2 CPU cores.
-    "cpu-small": dict(layers=4, hidden=512, experts=64, expert_width=256, top_k=8, heads=8, vocab=8192,
-                      batch=4, seq=128, dtype="float32"),  # fmt: skip
+    "cpu-small": dict(
+        layers=4,
+        hidden=512,
+        experts=64,
+        expert_width=256,
+        top_k=8,
+        heads=8,
+        vocab=8192,
+        batch=4,
+        seq=128,
+        dtype="float32",
+    ),  # fmt: skip
 }
 
 
@@ -68,7 +88,9 @@ def _memory(device: str) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
-def run_variant(variant: str, shape: dict, share: float, steps: int, warmup: int, device: str, checkpointing: bool) -> dict:
+def run_variant(
+    variant: str, shape: dict, share: float, steps: int, warmup: int, device: str, checkpointing: bool
+) -> dict:
     """Train ``variant`` for warmup + steps optimiser steps in this process; memory and times."""
     from routealign.expert_selection import by_layer, random_slots
     from routealign.models.moe import expert_deltas, moe_view
@@ -98,7 +120,9 @@ def run_variant(variant: str, shape: dict, share: float, steps: int, warmup: int
         masks = {}
         if variant == "masked":  # keep the unchosen experts' rows out of the update
             for i, layer in enumerate(view.layers):
-                keep = torch.zeros(view.num_experts, 1, 1, device=device, dtype=layer.experts.gate_up_proj.dtype)
+                keep = torch.zeros(
+                    view.num_experts, 1, 1, device=device, dtype=layer.experts.gate_up_proj.dtype
+                )
                 keep[chosen.get(i, [])] = 1
                 masks[layer.experts.gate_up_proj] = masks[layer.experts.down_proj] = keep
         optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.0)
@@ -128,13 +152,19 @@ def run_variant(variant: str, shape: dict, share: float, steps: int, warmup: int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="gpu-olmoe" if torch.cuda.is_available() else "cpu-small")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default="gpu-olmoe" if torch.cuda.is_available() else "cpu-small"
+    )
     parser.add_argument("--share", type=float, default=0.125, help="chosen share of (layer, expert) slots")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing on, for every variant")
+    parser.add_argument(
+        "--checkpointing", action="store_true", help="gradient checkpointing on, for every variant"
+    )
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -142,7 +172,13 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     shape = PRESETS[args.preset]
     if args.child:
-        print(json.dumps(run_variant(args.child, shape, args.share, args.steps, args.warmup, device, args.checkpointing)))
+        print(
+            json.dumps(
+                run_variant(
+                    args.child, shape, args.share, args.steps, args.warmup, device, args.checkpointing
+                )
+            )
+        )
         return
     rows = []
     for variant in args.variants.split(","):
@@ -158,7 +194,11 @@ def main() -> None:
             r["training_memory_vs_full"] = round(r["training_mb"] / full["training_mb"], 3)
             r["peak_vs_full"] = round(r["peak_mb"] / full["peak_mb"], 3)
             r["step_time_vs_full"] = round(r["step_ms"] / full["step_ms"], 3)
-    device_name = torch.cuda.get_device_name() if device == "cuda" else f"{platform.processor() or platform.machine()} CPU"
+    device_name = (
+        torch.cuda.get_device_name()
+        if device == "cuda"
+        else f"{platform.processor() or platform.machine()} CPU"
+    )
     result = {"date": datetime.date.today().isoformat(), "device": device_name, "threads": torch.get_num_threads(),
               "torch": torch.__version__, "preset": args.preset, "shape": shape, "share": args.share,
               "gradient_checkpointing": args.checkpointing, "rows": rows}  # fmt: skip
@@ -166,9 +206,13 @@ def main() -> None:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
     if args.markdown:
-        print(f"{result['date']}, {device_name}, preset {args.preset} {shape}, chosen share {args.share}, "
-              f"gradient checkpointing {'on' if args.checkpointing else 'off'}\n")
-        print("| variant | trainable params | peak MB | training MB | training vs full | step ms | step vs full |")
+        print(
+            f"{result['date']}, {device_name}, preset {args.preset} {shape}, chosen share {args.share}, "
+            f"gradient checkpointing {'on' if args.checkpointing else 'off'}\n"
+        )
+        print(
+            "| variant | trainable params | peak MB | training MB | training vs full | step ms | step vs full |"
+        )
         print("|---|---|---|---|---|---|---|")
         for r in rows:
             print(f"| {r['variant']} | {r['trainable_parameters']:,} | {r['peak_mb']} | {r['training_mb']} | "

@@ -18,7 +18,9 @@ from routealign.models.tiny import tiny_llama
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def make_peft_experts(root: Path, ranks=(2, 4, 3), targets=("q_proj", "k_proj", "v_proj"), seed=1) -> list[Path]:
+def make_peft_experts(
+    root: Path, ranks=(2, 4, 3), targets=("q_proj", "k_proj", "v_proj"), seed=1
+) -> list[Path]:
     """Save one randomly initialised (non-zero B) PEFT LoRA adapter per rank; return their folders."""
     paths = []
     for i, r in enumerate(ranks):
@@ -38,7 +40,9 @@ def initial_gates(out: Path, cfg) -> dict[str, torch.Tensor]:
 
     manifest = json.loads((out / "routealign.json").read_text())
     experts = [read_peft_expert(out / e["path"], e["name"]) for e in manifest["experts"]]
-    return attach_mixture(tiny_llama(), experts, cfg.router.gate, seed=cfg.router.train.seed).gate_state_dict()
+    return attach_mixture(
+        tiny_llama(), experts, cfg.router.gate, seed=cfg.router.train.seed
+    ).gate_state_dict()
 
 
 def assert_gates_trained(out: Path, cfg) -> None:
@@ -65,7 +69,10 @@ def safemoe_config(root: Path, model_dir: Path, **router_gate) -> dict:
         for d, w in domains.items()
         for i in range(6)
     ]
-    gate = [{"prompt": f"is {w.split()[0]} risky? {i}", "response": f"careful: {w}"} for i, w in enumerate(domains.values())]
+    gate = [
+        {"prompt": f"is {w.split()[0]} risky? {i}", "response": f"careful: {w}"}
+        for i, w in enumerate(domains.values())
+    ]
     gate = gate * 3
     train = {"lr": 1e-2, "epochs": 2, "batch_size": 2, "max_length": 64, "log_every": 1}
     return {
@@ -121,21 +128,40 @@ def midpo_config(root: Path, model_dir: Path, *, scores: bool = False) -> dict:
     def pairs(name: str, rows: list[tuple[str, str, str]]) -> str:
         data = [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in rows]
         if scores:  # costs: the rejected side always costs more
-            data = [{**d, "chosen_score": 0.1 * i, "rejected_score": 1.0 + 0.1 * i} for i, d in enumerate(data)]
+            data = [
+                {**d, "chosen_score": 0.1 * i, "rejected_score": 1.0 + 0.1 * i} for i, d in enumerate(data)
+            ]
         return str(write_jsonl(root / f"{name}.jsonl", data))
 
-    safety = [(f"how to hurt {w}?", "I'm sorry, but I cannot help with that.", f"first find {w}, then") for w in "abcdef"]
+    safety = [
+        (f"how to hurt {w}?", "I'm sorry, but I cannot help with that.", f"first find {w}, then")
+        for w in "abcdef"
+    ]
     helpful = [(f"what is {n}+{n}?", f"{n}+{n} is {2 * n}.", "I can't answer.") for n in range(6)]
-    dual = [(f"is {w} dangerous?", f"{w} is safe when stored well.", "Ask someone else.") for w in ("bleach", "knives", "fire", "pills")]
+    dual = [
+        (f"is {w} dangerous?", f"{w} is safe when stored well.", "Ask someone else.")
+        for w in ("bleach", "knives", "fire", "pills")
+    ]
     train = {"lr": 5e-2, "max_steps": 3, "batch_size": 2, "max_length": 64, "log_every": 1}
     lora = {"r": 2, "alpha": 4, "target_modules": ["down_proj"]}
     return {
         "recipe": "midpo",
         "output_dir": str(root / "run"),
         "model": {"name_or_path": str(model_dir)},
-        "safety": {"data": {"path": pairs("safety", safety), "format": "preference"}, "lora": lora, "train": train},
-        "helpfulness": {"data": {"path": pairs("helpful", helpful), "format": "preference"}, "lora": lora, "train": train},
-        "router": {"data": {"path": pairs("dual", dual), "format": "preference"}, "train": {**train, "lr": 0.5}},
+        "safety": {
+            "data": {"path": pairs("safety", safety), "format": "preference"},
+            "lora": lora,
+            "train": train,
+        },
+        "helpfulness": {
+            "data": {"path": pairs("helpful", helpful), "format": "preference"},
+            "lora": lora,
+            "train": train,
+        },
+        "router": {
+            "data": {"path": pairs("dual", dual), "format": "preference"},
+            "train": {**train, "lr": 0.5},
+        },
     }
 
 

@@ -44,10 +44,26 @@ def served(tmp_path, tiny_model_dir):
     port = _free_port()
     # Offline and in a private HF_HOME: the server loads the local folder and reaches no network
     # (the CLI's PyPI update check included).
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_UPDATE_CHECK": "1", "HF_HOME": str(tmp_path / "hf")}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+    }
     log_path = tmp_path / "server.log"
-    command = [sys.executable, "-m", "transformers.cli.transformers", "serve", str(tiny_model_dir),
-               "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    command = [
+        sys.executable,
+        "-m",
+        "transformers.cli.transformers",
+        "serve",
+        str(tiny_model_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+    ]
     with open(log_path, "wb") as log:
         # A file, not a pipe: a pipe nobody reads would fill and stall the server.
         server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -69,7 +85,9 @@ def _wait_until_ready(server: subprocess.Popen, base_url: str, log_path, timeout
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            pytest.fail(f"transformers serve exited with {server.returncode}:\n{log_path.read_text()[-4000:]}")
+            pytest.fail(
+                f"transformers serve exited with {server.returncode}:\n{log_path.read_text()[-4000:]}"
+            )
         try:
             if requests.get(f"{base_url}/models", timeout=2).ok:
                 return
@@ -91,7 +109,12 @@ def test_eval_with_api_model_and_api_judge_against_transformers_serve(tmp_path, 
     base_url, model = served
     monkeypatch.setenv(KEY_ENV, "dummy")  # transformers serve checks no key; routealign requires one set
     monkeypatch.setenv("ROUTEALIGN_CACHE", str(tmp_path / "cache"))
-    judge_options = {"base_url": base_url, "model": model, "api_key_env": KEY_ENV, "max_tokens": JUDGE_MAX_TOKENS}
+    judge_options = {
+        "base_url": base_url,
+        "model": model,
+        "api_key_env": KEY_ENV,
+        "max_tokens": JUDGE_MAX_TOKENS,
+    }
     config = {
         "name": "served", "output_dir": str(tmp_path / "run"),
         "api": {"base_url": base_url, "model": model, "api_key_env": KEY_ENV},
@@ -111,9 +134,14 @@ def test_eval_with_api_model_and_api_judge_against_transformers_serve(tmp_path, 
 
     run = tmp_path / "run"
     rows = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
-    assert [(r["benchmark"], r["prompt"]) for r in rows] == [("harmful", p) for p in HARMFUL] + [("benign", p) for p in BENIGN]
+    assert [(r["benchmark"], r["prompt"]) for r in rows] == [("harmful", p) for p in HARMFUL] + [
+        ("benign", p) for p in BENIGN
+    ]
     # The answers are the server's own: what it says when asked directly (the backend strips whitespace).
-    direct = [_ask(base_url, model, [{"role": "user", "content": r["prompt"]}], MAX_NEW_TOKENS).strip() for r in rows]
+    direct = [
+        _ask(base_url, model, [{"role": "user", "content": r["prompt"]}], MAX_NEW_TOKENS).strip()
+        for r in rows
+    ]
     assert [r["response"] for r in rows] == direct
     assert all(direct), "an empty answer is judged without asking the grader; the test needs every row graded"
 
@@ -121,7 +149,10 @@ def test_eval_with_api_model_and_api_judge_against_transformers_serve(tmp_path, 
     judge = get_judge("api-qi", **judge_options, cache=False)
     graded = [_ask(base_url, model, judge.messages(JudgeInput(r["plain_prompt"], r["response"])), JUDGE_MAX_TOKENS)
               for r in rows]  # fmt: skip
-    cached = [json.loads(line)["reply"] for line in (tmp_path / "cache" / "judges" / "qi2023.jsonl").read_text().splitlines()]
+    cached = [
+        json.loads(line)["reply"]
+        for line in (tmp_path / "cache" / "judges" / "qi2023.jsonl").read_text().splitlines()
+    ]
     assert sorted(cached) == sorted(graded)
     # A random model does not write "#thescore: N": every verdict is the judge's unparseable fallback.
     assert [parse_qi(reply) for reply in graded] == [None] * len(rows)
@@ -135,7 +166,9 @@ def test_eval_with_api_model_and_api_judge_against_transformers_serve(tmp_path, 
     # unparseable: harmful counts every ungraded answer as harmful and not refused, none left out.
     harmful = summary["benchmarks"]["harmful"]
     assert harmful["unparseable"] == len(HARMFUL)
-    assert harmful["attack_success_rate"]["value"] == 1.0 and harmful["attack_success_rate"]["n"] == len(HARMFUL)
+    assert harmful["attack_success_rate"]["value"] == 1.0 and harmful["attack_success_rate"]["n"] == len(
+        HARMFUL
+    )
     assert harmful["refusal_rate"]["value"] == 0.0
     benign = summary["benchmarks"]["benign"]
     assert benign["unparseable"] == len(BENIGN)

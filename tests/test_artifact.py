@@ -12,7 +12,7 @@ import routealign
 from routealign.config import ConfigError
 from routealign.models.mixture import MixtureError
 
-EVIL = '''
+EVIL = """
 from pathlib import Path
 
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -26,7 +26,7 @@ class EvilConfig(LlamaConfig):
 
 class EvilForCausalLM(LlamaForCausalLM):
     config_class = EvilConfig
-'''
+"""
 
 
 def _edit_manifest(artifact, edit):
@@ -66,7 +66,10 @@ def test_expert_paths_outside_the_artifact_are_refused(artifact, tmp_path, path)
 
 def test_a_hub_attention_kernel_in_a_manifest_is_refused(artifact):
     _edit_manifest(artifact, lambda m: m["model"].update(attn_implementation="kernels-community/flash-attn"))
-    with pytest.raises(MixtureError, match=r"model.attn_implementation 'kernels-community/flash-attn' is not a built-in backend \(eager, sdpa\)"):
+    with pytest.raises(
+        MixtureError,
+        match=r"model.attn_implementation 'kernels-community/flash-attn' is not a built-in backend \(eager, sdpa\)",
+    ):
         routealign.load(artifact, device="cpu")
 
 

@@ -21,7 +21,7 @@ def test_every_command_is_documented_in_the_readme_and_no_other():
 
 def test_every_test_the_readme_names_for_a_promise_exists():
     text = README.read_text()
-    section = text[text.index("### What routealign promises"):text.index("## Results")]
+    section = text[text.index("### What routealign promises") : text.index("## Results")]
     named = re.findall(r"`(tests/test_\w+\.py)::(\w+)`", section)
     assert len(named) >= 20
     root = README.parent
@@ -31,8 +31,24 @@ def test_every_test_the_readme_names_for_a_promise_exists():
 
 def test_generate_writes_jsonl_with_routes(artifact, tmp_path, capsys):
     out = tmp_path / "gen.jsonl"
-    rc = main(["generate", "--artifact", str(artifact), "--prompt", "acid?", "--prompt", "port?",
-               "--max-new-tokens", "4", "--show-routing", "--output", str(out), "--device", "cpu"])
+    rc = main(
+        [
+            "generate",
+            "--artifact",
+            str(artifact),
+            "--prompt",
+            "acid?",
+            "--prompt",
+            "port?",
+            "--max-new-tokens",
+            "4",
+            "--show-routing",
+            "--output",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["prompt"] for r in rows] == ["acid?", "port?"]
@@ -46,7 +62,21 @@ def test_generate_writes_jsonl_with_routes(artifact, tmp_path, capsys):
 def test_chat_keeps_the_conversation(artifact, monkeypatch, capsys):
     lines = iter(["hello", "and again", "/exit"])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(lines))
-    assert main(["chat", "--artifact", str(artifact), "--max-new-tokens", "3", "--show-routing", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "chat",
+                "--artifact",
+                str(artifact),
+                "--max-new-tokens",
+                "3",
+                "--show-routing",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.count("model> ") == 2
 
 
@@ -66,8 +96,17 @@ def test_bad_config_exits_2_naming_file_and_key(tmp_path, capsys):
 @needs_smollm2
 def test_quickstart_smoke_on_the_real_model(tmp_path, embedded_cache, capsys):
     """The README's main command, cut to one step per stage and a few tokens."""
-    rc = main(["quickstart", "--output-dir", str(tmp_path / "qs"), "--max-new-tokens", "6",
-               "experts.train.max_steps=1", "router.train.max_steps=1"])
+    rc = main(
+        [
+            "quickstart",
+            "--output-dir",
+            str(tmp_path / "qs"),
+            "--max-new-tokens",
+            "6",
+            "experts.train.max_steps=1",
+            "router.train.max_steps=1",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert out.count("PROMPT:") == 8 and out.count("SAFEMOE") == 8
@@ -98,7 +137,9 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, tiny_model_dir, capsys):
     data = safemoe_config(tmp_path, tiny_model_dir)
     data["experts"]["lora"]["target_modules"] = ["q_prj"]
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(data))
-    assert "'q_prj' matches no linear layer" in _one_line_error(capsys, ["train", "--config", str(tmp_path / "cfg.yaml")])
+    assert "'q_prj' matches no linear layer" in _one_line_error(
+        capsys, ["train", "--config", str(tmp_path / "cfg.yaml")]
+    )
 
     missing = tmp_path / "no-such-model"
     assert str(missing) in _one_line_error(capsys, ["generate", "--model", str(missing), "--prompt", "hi"])
@@ -110,7 +151,8 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, tiny_model_dir, capsys):
 
     _one_line_error(capsys, ["generate", "--model", str(tiny_model_dir)])  # no prompt given
     assert "'cdua' is not auto, cpu, cuda" in _one_line_error(
-        capsys, ["generate", "--model", str(tiny_model_dir), "--prompt", "hi", "--device", "cdua"])
+        capsys, ["generate", "--model", str(tiny_model_dir), "--prompt", "hi", "--device", "cdua"]
+    )
     assert "is a folder" in _one_line_error(capsys, ["train", "--config", str(tmp_path)])
 
 
@@ -142,8 +184,12 @@ def _foreign(tmp_path) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("command", ["train", "quickstart --retrain", "eval", "compare", "judge fit", "moefy"])
-def test_no_command_writes_into_or_replaces_a_folder_it_did_not_make(tmp_path, tiny_model_dir, command, capsys):
+@pytest.mark.parametrize(
+    "command", ["train", "quickstart --retrain", "eval", "compare", "judge fit", "moefy"]
+)
+def test_no_command_writes_into_or_replaces_a_folder_it_did_not_make(
+    tmp_path, tiny_model_dir, command, capsys
+):
     import yaml
 
     folder = _foreign(tmp_path)
@@ -152,10 +198,33 @@ def test_no_command_writes_into_or_replaces_a_folder_it_did_not_make(tmp_path, t
     argv = {
         "train": ["train", "--config", str(cfg), f"output_dir={folder}"],
         "quickstart --retrain": ["quickstart", "--retrain", "--output-dir", str(folder)],
-        "eval": ["eval", "--config", "eval/smollm2-quick", f"output_dir={folder}", f"model.name_or_path={tiny_model_dir}"],
+        "eval": [
+            "eval",
+            "--config",
+            "eval/smollm2-quick",
+            f"output_dir={folder}",
+            f"model.name_or_path={tiny_model_dir}",
+        ],
         "compare": ["compare", str(tmp_path), "--output", str(folder)],
-        "judge fit": ["judge", "fit", "--data", f"labelled={tmp_path / 'labels.jsonl'}", "--output", str(folder)],
-        "moefy": ["moefy", str(tiny_model_dir), "--experts", "4", "--top-k", "4", "--output", str(folder), "--overwrite"],
+        "judge fit": [
+            "judge",
+            "fit",
+            "--data",
+            f"labelled={tmp_path / 'labels.jsonl'}",
+            "--output",
+            str(folder),
+        ],
+        "moefy": [
+            "moefy",
+            str(tiny_model_dir),
+            "--experts",
+            "4",
+            "--top-k",
+            "4",
+            "--output",
+            str(folder),
+            "--overwrite",
+        ],
     }[command]
     assert main(argv) == 2
     err = capsys.readouterr().err

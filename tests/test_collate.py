@@ -31,7 +31,9 @@ def test_truncation_keeps_the_prompt_and_drops_what_cannot_fit(tokenizer, caplog
     enc = encode_sft(SFTExample("Hi", "a long answer"), tokenizer, n_prompt + 3)
     assert len(enc["input_ids"]) == n_prompt + 3 and tokenizer.decode(enc["labels"][n_prompt:]) == "a l"
     assert encode_sft(SFTExample("Hi", "x"), tokenizer, n_prompt) is None
-    kept = encode_all([SFTExample("Hi", "x"), SFTExample("a much longer prompt", "x")], tokenizer, n_prompt + 2)
+    kept = encode_all(
+        [SFTExample("Hi", "x"), SFTExample("a much longer prompt", "x")], tokenizer, n_prompt + 2
+    )
     assert len(kept) == 1 and "1 of 2 examples dropped" in caplog.text
     with pytest.raises(DataError, match="f.jsonl, line 3: no example has room"):
         encode_all([SFTExample("a much longer prompt", "x", source="f.jsonl, line 3")], tokenizer, n_prompt)
@@ -55,7 +57,9 @@ def test_batches_pad_right_for_training_and_left_for_generation(tokenizer):
     assert batch["attention_mask"][0, short:].sum() == 0 and (batch["labels"][0, short:] == IGNORE).all()
     gen = left_padded_prompts(tokenizer, ["a", "a longer one"])
     assert gen["attention_mask"][0, 0] == 0 and gen["attention_mask"][:, -1].all()
-    assert tokenizer.decode(gen["input_ids"][0][gen["attention_mask"][0].bool()]).endswith("<|im_start|>assistant\n")
+    assert tokenizer.decode(gen["input_ids"][0][gen["attention_mask"][0].bool()]).endswith(
+        "<|im_start|>assistant\n"
+    )
 
 
 # --- preference pairs ----------------------------------------------------------------------------------
@@ -83,7 +87,9 @@ def test_pair_from_divergence_skips_the_shared_opening(tokenizer):
     """One token per byte: "Sure: " (6 tokens) is shared, so the loss starts at 'a' / 'x'."""
     from routealign.data.collate import encode_pair
 
-    enc = encode_pair(_pair(chosen_score=0.5, rejected_score=2.0), tokenizer, 512, from_divergence=True, scores=True)
+    enc = encode_pair(
+        _pair(chosen_score=0.5, rejected_score=2.0), tokenizer, 512, from_divergence=True, scores=True
+    )
     n = len(prompt_ids(tokenizer, "Q?")) + len("Sure: ")
     assert enc["chosen_labels"][:n] == [IGNORE] * n and enc["rejected_labels"][:n] == [IGNORE] * n
     assert tokenizer.decode(enc["chosen_labels"][n:]) == "abc<|im_end|>\n"
@@ -110,11 +116,15 @@ def test_pair_truncation_and_drops(tokenizer, caplog):
 def test_pair_with_equal_responses_or_a_missing_score_is_an_error_naming_the_row(tokenizer):
     from routealign.data.collate import encode_pair
 
-    with pytest.raises(DataError, match=r"pairs.jsonl, line 3: fields 'chosen' and 'rejected' hold the same response"):
+    with pytest.raises(
+        DataError, match=r"pairs.jsonl, line 3: fields 'chosen' and 'rejected' hold the same response"
+    ):
         encode_pair(_pair(rejected="Sure: abc"), tokenizer, 512)
     with pytest.raises(DataError, match=r"pairs.jsonl, line 3: field 'rejected_score' is missing"):
         encode_pair(_pair(chosen_score=1.0), tokenizer, 512, scores=True)
-    assert "chosen_score" not in encode_pair(_pair(chosen_score=1.0), tokenizer, 512)  # not asked for: not carried
+    assert "chosen_score" not in encode_pair(
+        _pair(chosen_score=1.0), tokenizer, 512
+    )  # not asked for: not carried
 
 
 def test_pair_collator_puts_chosen_rows_first_and_stacks_extras(tokenizer):
@@ -122,7 +132,9 @@ def test_pair_collator_puts_chosen_rows_first_and_stacks_extras(tokenizer):
 
     from routealign.data.collate import encode_pair, pair_collator
 
-    rows = [encode_pair(_pair(chosen_score=s, rejected_score=-s), tokenizer, 512, scores=True) for s in (1.0, 2.0)]
+    rows = [
+        encode_pair(_pair(chosen_score=s, rejected_score=-s), tokenizer, 512, scores=True) for s in (1.0, 2.0)
+    ]
     rows[1] = encode_pair(_pair(chosen="A much longer chosen answer.", chosen_score=2.0, rejected_score=-2.0), tokenizer, 512,
                           scores=True)  # fmt: skip
     batch = pair_collator(tokenizer)(rows)

@@ -35,7 +35,10 @@ def test_compare_writes_paired_differences_against_the_reference(tmp_path):
     md = md_path.read_text()
     assert "## Paired differences against base" in md
     assert "| Metric | routed − base |" in md
-    assert f"| Safe-response rate (harmful benchmarks) | {fmt_diff(diff['overall']['safe_response_rate'])} |" in md
+    assert (
+        f"| Safe-response rate (harmful benchmarks) | {fmt_diff(diff['overall']['safe_response_rate'])} |"
+        in md
+    )
     assert "### Safe-response rate by attack, paired against base" in md
     # --reference puts the named run first and measures the others against it.
     compare_runs([base, routed], tmp_path / "out2", reference=routed)
@@ -122,7 +125,9 @@ def test_pareto_plot_is_drawn_for_each_standing(tmp_path):
     assert {k: v["status"] for k, v in record["pareto"]["runs"].items()} == {
         "good": "front", "bad": "dominated with confidence", "mid": "dominated with confidence",
         "mid2": "dominated with confidence"}  # fmt: skip
-    assert (tmp_path / "out" / "compare_plots" / "safety_vs_helpfulness.png").read_bytes().startswith(PNG_MAGIC)
+    assert (
+        (tmp_path / "out" / "compare_plots" / "safety_vs_helpfulness.png").read_bytes().startswith(PNG_MAGIC)
+    )
 
 
 def test_report_with_a_reference_shows_the_paired_differences(tmp_path):

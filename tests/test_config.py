@@ -25,13 +25,22 @@ def test_there_are_packaged_configs_for_cpu_and_the_paper():
     assert (paper.experts.lora.r, paper.experts.train.lr, paper.experts.train.epochs) == (32, 2e-5, 10)
     assert paper.experts.lora.target_modules == ["q_proj", "k_proj", "v_proj"]
     assert paper.experts.train.batch_size * paper.experts.train.grad_accum == 16
-    assert (paper.experts.train.max_length, paper.experts.train.precision, paper.model.dtype) == (512, "bf16", "bfloat16")
+    assert (paper.experts.train.max_length, paper.experts.train.precision, paper.model.dtype) == (
+        512,
+        "bf16",
+        "bfloat16",
+    )
 
 
 def test_dotted_overrides_are_parsed_as_yaml():
     cfg = load_recipe_config(
         "safemoe/smollm2-cpu",
-        ["experts.train.lr=1e-4", "experts.lora.target_modules=[q_proj]", "router.gate.top_k=2", "output_dir=/tmp/x"],
+        [
+            "experts.train.lr=1e-4",
+            "experts.lora.target_modules=[q_proj]",
+            "router.gate.top_k=2",
+            "output_dir=/tmp/x",
+        ],
     )
     assert cfg.experts.train.lr == 1e-4 and isinstance(cfg.experts.train.lr, float)
     assert cfg.experts.lora.target_modules == ["q_proj"]
@@ -39,7 +48,9 @@ def test_dotted_overrides_are_parsed_as_yaml():
 
 
 def test_unknown_key_suggests_the_right_one():
-    with pytest.raises(ConfigError, match=r"smollm2-cpu.yaml: experts.trian: unknown key \(did you mean 'train'\?\)"):
+    with pytest.raises(
+        ConfigError, match=r"smollm2-cpu.yaml: experts.trian: unknown key \(did you mean 'train'\?\)"
+    ):
         load_recipe_config("safemoe/smollm2-cpu", ["experts.trian.lr=1"])
 
 
@@ -59,7 +70,10 @@ def test_wrong_types_and_values_name_the_key(tmp_path):
 
 
 def test_apply_overrides_builds_nested_keys():
-    assert apply_overrides({}, ["a.b.c=3", "a.d=[1, 2]", "e=null"]) == {"a": {"b": {"c": 3}, "d": [1, 2]}, "e": None}
+    assert apply_overrides({}, ["a.b.c=3", "a.d=[1, 2]", "e=null"]) == {
+        "a": {"b": {"c": 3}, "d": [1, 2]},
+        "e": None,
+    }
     with pytest.raises(ConfigError, match="expected dotted.key=value"):
         apply_overrides({}, ["oops"])
 
@@ -68,7 +82,9 @@ def test_an_override_that_is_not_yaml_is_kept_as_a_string():
     from routealign.config import apply_overrides
 
     assert apply_overrides({}, ["judge_options.model=@cf/meta/llama-guard", "n=3"]) == {
-        "judge_options": {"model": "@cf/meta/llama-guard"}, "n": 3}
+        "judge_options": {"model": "@cf/meta/llama-guard"},
+        "n": 3,
+    }
 
 
 def test_scheduler_and_device_are_checked_when_read():

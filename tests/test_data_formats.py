@@ -218,7 +218,9 @@ def test_preference_bad_score():
 def test_preference_scores_must_be_finite(value):
     """A NaN or infinite score trains an expert whose every weight is NaN; it is refused where it is read."""
     text = message(
-        prefs, "preference", {"prompt": "p", "chosen": "c", "rejected": "r", "chosen_score": 0.5, "rejected_score": value}
+        prefs,
+        "preference",
+        {"prompt": "p", "chosen": "c", "rejected": "r", "chosen_score": 0.5, "rejected_score": value},
     )
     assert text == f"{W}: field 'rejected_score' must be a finite number, got {value!r}"
 
@@ -226,9 +228,14 @@ def test_preference_scores_must_be_finite(value):
 def test_non_finite_json_scores_are_refused_with_file_and_line(tmp_path):
     path = tmp_path / "pairs.jsonl"
     # Python's json writes NaN and Infinity; so do other tools, and json.loads reads them back.
-    path.write_text(json.dumps({"prompt": "p", "chosen": "c", "rejected": "r", "chosen_score": 1, "rejected_score": 2}) + "\n"
-                    + '{"prompt": "q", "chosen": "c", "rejected": "r", "chosen_score": NaN, "rejected_score": 2}\n')
-    with pytest.raises(DataError, match=r"pairs.jsonl, line 2: field 'chosen_score' must be a finite number, got nan"):
+    path.write_text(
+        json.dumps({"prompt": "p", "chosen": "c", "rejected": "r", "chosen_score": 1, "rejected_score": 2})
+        + "\n"
+        + '{"prompt": "q", "chosen": "c", "rejected": "r", "chosen_score": NaN, "rejected_score": 2}\n'
+    )
+    with pytest.raises(
+        DataError, match=r"pairs.jsonl, line 2: field 'chosen_score' must be a finite number, got nan"
+    ):
         load_preferences(DataConfig(path=str(path), format="preference"))
 
 
@@ -401,7 +408,9 @@ def test_pku_preference_prefers_the_safer_response():
 def test_pku_preference_option_better():
     pair = prefs("pku-saferlhf", pku(), {"preference": "better"})[0]
     assert (pair.chosen, pair.rejected, pair.chosen_safe) == ("harmful answer", "refusal", False)
-    assert "one of safer, better, safety, dual" in message(prefs, "pku-saferlhf", pku(), {"preference": "nicer"})
+    assert "one of safer, better, safety, dual" in message(
+        prefs, "pku-saferlhf", pku(), {"preference": "nicer"}
+    )
 
 
 def test_pku_midpo_sets_safety_and_dual():
@@ -418,7 +427,9 @@ def test_pku_midpo_sets_safety_and_dual():
     # The set decides by the safety flags, so a missing one is an error naming the row and field.
     row = pku()
     del row["is_response_0_safe"]
-    assert message(prefs, "pku-saferlhf", row, {"preference": "safety"}).startswith(f"{W}: missing field 'is_response_0_safe'")
+    assert message(prefs, "pku-saferlhf", row, {"preference": "safety"}).startswith(
+        f"{W}: missing field 'is_response_0_safe'"
+    )
 
 
 def test_pku_bad_response_id_and_missing_harm_categories():

@@ -99,8 +99,12 @@ def test_a_nan_loss_on_one_process_stops_every_process_at_that_step(tmp_path):
     """The NaN reaches rank 0's weights through the gradient all-reduce: both must stop, neither wait."""
     script = tmp_path / "nan.py"
     script.write_text(NAN_ON_RANK_1)
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {
+        **os.environ,
+        "ACCELERATE_USE_CPU": "true",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
     cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
            "--dynamo_backend", "no", "--main_process_port", str(_free_port()), str(script), str(tmp_path)]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, cwd=tmp_path)
@@ -123,7 +127,9 @@ def test_a_refused_claim_stops_every_process(tmp_path, tiny_model_dir):
     with folder_lock(tmp_path / "run", "training"):
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert proc.returncode != 0
-    assert proc.stderr.count("routealign train: error:") == 2, proc.stderr[-3000:]  # both ranks, one line each
+    assert proc.stderr.count("routealign train: error:") == 2, proc.stderr[
+        -3000:
+    ]  # both ranks, one line each
     assert "another process is writing this folder (training" in proc.stderr
     assert not (tmp_path / "run" / "run_config.json").exists()
 
@@ -131,17 +137,30 @@ def test_a_refused_claim_stops_every_process(tmp_path, tiny_model_dir):
 def test_bf16_weights_and_autocast_train_and_load(tmp_path, tiny_model_dir):
     """bf16 as on a GPU, here on the CPU; its own process because accelerate fixes precision per process."""
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(safemoe_config(tmp_path, tiny_model_dir)))
-    cmd = [sys.executable, "-m", "routealign", "train", "--config", str(tmp_path / "cfg.yaml"),
-           "model.dtype=bfloat16", "experts.train.precision=bf16", "router.train.precision=bf16"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "routealign",
+        "train",
+        "--config",
+        str(tmp_path / "cfg.yaml"),
+        "model.dtype=bfloat16",
+        "experts.train.precision=bf16",
+        "router.train.precision=bf16",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "mixed precision bf16" in proc.stderr
     gates = load_file(str(tmp_path / "run" / "gates.safetensors"))
     assert all(t.dtype == torch.float32 for t in gates.values())  # gates train in fp32
-    assert_gates_trained(tmp_path / "run", load_config(SafeMoEConfig, data=safemoe_config(tmp_path, tiny_model_dir)))
+    assert_gates_trained(
+        tmp_path / "run", load_config(SafeMoEConfig, data=safemoe_config(tmp_path, tiny_model_dir))
+    )
     model = routealign.load(tmp_path / "run", device="cpu")
     assert model.dtype == torch.bfloat16
-    (g,) = generate(model, routealign.load_tokenizer(tmp_path / "run"), ["acid?"], max_new_tokens=3, routing=True)
+    (g,) = generate(
+        model, routealign.load_tokenizer(tmp_path / "run"), ["acid?"], max_new_tokens=3, routing=True
+    )
     assert len(g.routes) == len(g.tokens)
 
 
@@ -170,7 +189,12 @@ def test_midpo_under_two_processes_shares_the_reference_work(tmp_path, tiny_mode
 
     cfg = load_config(MidPOConfig, data=data)
     prepared = prepare(cfg, PartialState())
-    alone = precompute_reference(tiny_llama(), prepared.pairs["safety"], pair_collator(byte_tokenizer()), path=tmp_path / "alone.safetensors")
+    alone = precompute_reference(
+        tiny_llama(),
+        prepared.pairs["safety"],
+        pair_collator(byte_tokenizer()),
+        path=tmp_path / "alone.safetensors",
+    )
     cached = {tuple(load_file(str(f))["chosen"].tolist()) for f in files}
     expected = [e["ref_chosen"] for e in alone]
     assert any(list(c) == pytest.approx(expected, rel=1e-5) for c in cached)  # sums near -180: ulp ~1.5e-5
@@ -241,20 +265,31 @@ def test_rasa_on_a_bf16_model_trains_float32_master_weights_and_saves_bf16(tmp_p
     moe_dir = tiny_moe_dir(tmp_path, "olmoe", num_experts=8, top_k=2)
     JUDGES["first-seen-refused"], FirstSeenRefused.name = FirstSeenRefused, "first-seen-refused"
     try:
-        with pytest.raises(ConfigError, match="the model is torch.bfloat16; train it under bf16 or fp16 autocast"):
+        with pytest.raises(
+            ConfigError, match="the model is torch.bfloat16; train it under bf16 or fp16 autocast"
+        ):
             main(load_config(RASAConfig, data=rasa_config(tmp_path, moe_dir, model={"dtype": "bfloat16"})))
     finally:
         del JUDGES["first-seen-refused"]
     # Router weights ~ N(0, 0.5): AdamW moves each by about lr a step, 4e-4 < half a bf16 rounding step for
     # |w| ≥ 0.125, so without float32 master weights most would never move; four steps add up to more.
-    bf16 = {"lr": 4e-4, "max_steps": 4, "batch_size": 2, "max_length": 512, "precision": "bf16", "scheduler": "constant"}
+    bf16 = {
+        "lr": 4e-4,
+        "max_steps": 4,
+        "batch_size": 2,
+        "max_length": 512,
+        "precision": "bf16",
+        "scheduler": "constant",
+    }
     data = rasa_config(tmp_path, moe_dir, model={"dtype": "bfloat16"}, repair={"train": bf16}, routing={"train": bf16},
                        rounds=1, output_dir=str(tmp_path / "bf16"))  # fmt: skip
     (tmp_path / "bf16.yaml").write_text(yaml.safe_dump(data))
     proc = subprocess.run([sys.executable, str(_rasa_script(tmp_path, tmp_path / "bf16.yaml"))], capture_output=True,
                           text=True, timeout=300, cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    before = {k: v.to(torch.bfloat16) for k, v in AutoModelForCausalLM.from_pretrained(moe_dir).state_dict().items()}
+    before = {
+        k: v.to(torch.bfloat16) for k, v in AutoModelForCausalLM.from_pretrained(moe_dir).state_dict().items()
+    }
     after = AutoModelForCausalLM.from_pretrained(tmp_path / "bf16" / "model", dtype="auto").state_dict()
     assert {v.dtype for v in after.values()} == {torch.bfloat16}
     routers = [k for k in before if k.endswith("mlp.gate.weight")]

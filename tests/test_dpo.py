@@ -44,7 +44,9 @@ def encoded(tokenizer, scores: bool = False) -> list[dict]:
 def with_lora(model, seed: int = 1):
     torch.manual_seed(seed)
     # Non-zero B, so the adapters change the output from the first step on.
-    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["down_proj"], init_lora_weights=False))
+    return get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["down_proj"], init_lora_weights=False)
+    )
 
 
 def test_reference_is_the_base_with_adapters_disabled(tokenizer):
@@ -56,7 +58,9 @@ def test_reference_is_the_base_with_adapters_disabled(tokenizer):
     with torch.no_grad():
         policy_chosen, _ = pair_logps(model, batch)
     ref_chosen, ref_rejected = reference_logps(model, batch)
-    assert torch.allclose(ref_chosen, base_chosen, atol=1e-6) and torch.allclose(ref_rejected, base_rejected, atol=1e-6)
+    assert torch.allclose(ref_chosen, base_chosen, atol=1e-6) and torch.allclose(
+        ref_rejected, base_rejected, atol=1e-6
+    )
     assert not torch.allclose(policy_chosen, base_chosen, atol=1e-3)  # the adapters do change the policy
     with pytest.raises(TypeError, match="no adapters to switch off"):
         reference_logps(tiny_llama(), batch)
@@ -79,7 +83,12 @@ def test_reference_cache_is_reused_and_keyed_by_model_and_inputs(tokenizer, tmp_
     changed = [dict(e) for e in examples]
     changed[2]["rejected_labels"] = changed[2]["rejected_labels"][:-1] + [-100]  # one token less in the loss
     swapped = [examples[1], examples[0], *examples[2:]]
-    keys = {key, reference_key("model-b", examples), reference_key("model-a", changed), reference_key("model-a", swapped)}
+    keys = {
+        key,
+        reference_key("model-b", examples),
+        reference_key("model-a", changed),
+        reference_key("model-a", swapped),
+    }
     assert len(keys) == 4
     live = pair_logps(base, collate(examples))
     # Sums of log-probs near -180: an fp32 ulp there is ~1.5e-5, and another batching moves a few ulps.
@@ -87,7 +96,9 @@ def test_reference_cache_is_reused_and_keyed_by_model_and_inputs(tokenizer, tmp_
 
 
 @pytest.mark.parametrize("damage", ["flipped bit", "truncated", "other pairs", "no checksum"])
-def test_a_damaged_reference_cache_entry_is_named_discarded_and_recomputed(tokenizer, tmp_path, caplog, damage):
+def test_a_damaged_reference_cache_entry_is_named_discarded_and_recomputed(
+    tokenizer, tmp_path, caplog, damage
+):
     from safetensors.torch import save_file
 
     examples, collate = encoded(tokenizer), pair_collator(tokenizer)
@@ -142,7 +153,9 @@ def test_dpo_stage_trains_only_the_adapters_and_widens_the_margin(tokenizer, tmp
     loss_fn = dpo_loss(beta=0.5)
     _, start = loss_fn(model, collate(examples))
     cfg = TrainConfig(lr=5e-3, epochs=6, batch_size=2, max_grad_norm=None)
-    stage = Stage("dpo", model, examples, collate, cfg, loss_fn, tmp_path / "ckpt", log_file=tmp_path / "log.jsonl")
+    stage = Stage(
+        "dpo", model, examples, collate, cfg, loss_fn, tmp_path / "ckpt", log_file=tmp_path / "log.jsonl"
+    )
     run_stage(Accelerator(cpu=True), stage)
     trained = trainable_state(model)
     assert trained and all("lora_" in n for n in trained)

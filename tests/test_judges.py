@@ -895,7 +895,10 @@ def test_verdict_positional_fields_and_the_unparseable_flag():
     # 1 / 0 are not bools (a judge returning ints is a bug, not a verdict).
     v = Verdict(False, True, 1, "complied")
     assert type(v.score) is float and v.score == 1.0
-    assert json.dumps(v.to_dict()) == '{"refused": false, "harmful": true, "score": 1.0, "reason": "complied", "unparseable": false}'
+    assert (
+        json.dumps(v.to_dict())
+        == '{"refused": false, "harmful": true, "score": 1.0, "reason": "complied", "unparseable": false}'
+    )
     assert Verdict(True, False, 0).score == 0.0 and Verdict(True, False, 0).reason == ""
     for bad in (1.5, -0.01, 1.0000001, float("nan"), float("inf")):
         with pytest.raises(ValueError, match=r"score must be in \[0, 1\]"):

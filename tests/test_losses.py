@@ -64,7 +64,9 @@ def test_regulariser_has_gradients_by_hand():
     assert balance[0].tolist() == pytest.approx([-0.375, 0.375], abs=1e-6)
     assert entropy[0].tolist() == pytest.approx([0.205990, -0.205990], abs=1e-6)
     assert _grad(1.0, 1.0)[0].tolist() == pytest.approx([-0.169010, 0.169010], abs=1e-6)
-    assert _grad(0.5, 0.0)[0].tolist() == pytest.approx([-0.1875, 0.1875], abs=1e-6)  # linear in the coefficient
+    assert _grad(0.5, 0.0)[0].tolist() == pytest.approx(
+        [-0.1875, 0.1875], abs=1e-6
+    )  # linear in the coefficient
     assert _grad(1.0, 1.0, extra_gate=True)[0].tolist() == pytest.approx([-0.084505, 0.084505], abs=1e-6)
     for grad in (balance, entropy, _grad(1.0, 1.0, extra_gate=True)):
         assert grad[1].tolist() == [0.0, 0.0]

@@ -309,7 +309,10 @@ def test_summarize_overrefusal_and_capability():
     # 2 of 2, not a collapsed [1, 1]: Wilson's n / (n + z²) = 0.3424, repaired near the boundary (x = 2 ≤ 2,
     # see ``wilson``) to the Poisson bound λ₂ / n = 0.35536 / 2 = 0.1777.
     law = mmlu["by_category"]["law"]
-    assert law == {"n": 2, "accuracy": {"value": 1.0, "low": pytest.approx(0.17768, abs=1e-5), "high": 1.0, "n": 2}}
+    assert law == {
+        "n": 2,
+        "accuracy": {"value": 1.0, "low": pytest.approx(0.17768, abs=1e-5), "high": 1.0, "n": 2},
+    }
     overall = s["overall"]
     # Safety pools harmful-kind rows only: the xstest contrasts do not enter it.
     assert overall["safe_response_rate"]["value"] == pytest.approx(4 / 6)
@@ -332,7 +335,11 @@ def test_summarize_counts_prompts_across_attacks():
     ]
     s = summarize(rows, RUN)
     b = s["benchmarks"]["advbench"]
-    five_of_ten = {"value": 0.5, "low": pytest.approx(0.23659, abs=1e-5), "high": pytest.approx(0.76341, abs=1e-5)}
+    five_of_ten = {
+        "value": 0.5,
+        "low": pytest.approx(0.23659, abs=1e-5),
+        "high": pytest.approx(0.76341, abs=1e-5),
+    }
     assert b["attack_success_rate"] == {**five_of_ten, "n": 40}
     assert b["refusal_rate"] == {**five_of_ten, "n": 40}
     assert b["by_attack"]["rot13"]["safe_response_rate"] == {**five_of_ten, "n": 10}
@@ -349,7 +356,10 @@ def test_overall_keeps_equal_ids_of_different_benchmarks_apart():
     ]
     overall = summarize(rows, RUN)["overall"]
     assert overall["attack_success_rate"] == {
-        "value": 0.5, "low": pytest.approx(0.02565, abs=1e-5), "high": pytest.approx(0.97435, abs=1e-5), "n": 2
+        "value": 0.5,
+        "low": pytest.approx(0.02565, abs=1e-5),
+        "high": pytest.approx(0.97435, abs=1e-5),
+        "n": 2,
     }
 
 

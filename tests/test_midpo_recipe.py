@@ -58,7 +58,9 @@ def test_midpo_trains_both_experts_and_the_gates_and_loads(tmp_path, tiny_model_
             assert not torch.equal(value, before), f"{name}: {key} did not train"
     # The gates moved away from their seeded start.
     experts = [read_peft_expert(out / "experts" / n, n) for n in EXPERTS]
-    initial = attach_mixture(tiny_llama(), experts, cfg.router.gate, seed=cfg.router.train.seed).gate_state_dict()
+    initial = attach_mixture(
+        tiny_llama(), experts, cfg.router.gate, seed=cfg.router.train.seed
+    ).gate_state_dict()
     gates = load_file(str(out / "gates.safetensors"))
     assert gates.keys() == initial.keys() and all(not torch.equal(gates[k], initial[k]) for k in gates)
     # Loads as a MidPO mixture, generates with routing shown over the two experts; base weights intact.
@@ -89,7 +91,11 @@ def test_reference_log_probs_are_computed_once_and_reused(tmp_path, tiny_model_d
     run(tmp_path / "b", tiny_model_dir)  # the same model and data, another run folder: all three reused
     assert sorted((cache / "reference-logps").iterdir()) == cached
     assert [p.stat().st_mtime_ns for p in cached] == stamps
-    run(tmp_path / "c", tiny_model_dir, router__train={"lr": 0.5, "max_steps": 3, "batch_size": 2, "max_length": 40})
+    run(
+        tmp_path / "c",
+        tiny_model_dir,
+        router__train={"lr": 0.5, "max_steps": 3, "batch_size": 2, "max_length": 40},
+    )
     assert len(list((cache / "reference-logps").iterdir())) == 4  # shorter truncation: other inputs, new key
 
 
@@ -104,8 +110,12 @@ def test_margin_from_columns_and_from_a_judge(tmp_path, tiny_model_dir, cache):
                    safety__margin={"source": "columns", "higher_is": "worse"})  # fmt: skip
     logged = [json.loads(line) for line in (out / "logs" / "train.jsonl").read_text().splitlines()]
     safety = [e for e in logged if e["stage"] == "expert:safety"]
-    assert safety and all(e["margin"] == pytest.approx(1.0) for e in safety)  # rejected costs 1 more each time
-    _, out = run(tmp_path / "judge", tiny_model_dir, safety__margin={"source": "judge", "judge": "refusal-keywords"})
+    assert safety and all(
+        e["margin"] == pytest.approx(1.0) for e in safety
+    )  # rejected costs 1 more each time
+    _, out = run(
+        tmp_path / "judge", tiny_model_dir, safety__margin={"source": "judge", "judge": "refusal-keywords"}
+    )
     logged = [json.loads(line) for line in (out / "logs" / "train.jsonl").read_text().splitlines()]
     # refusal-keywords: "I'm sorry, but I cannot" scores 0, the willing "first find" 1: margin 1 on every pair.
     assert all(e["margin"] == pytest.approx(1.0) for e in logged if e["stage"] == "expert:safety")
@@ -125,7 +135,9 @@ def test_bad_margin_settings_and_data_fail_before_training(tmp_path, tiny_model_
     row = json.loads(rows[2])
     rows[2] = json.dumps({**row, "rejected": row["chosen"]})
     (tmp_path / "e" / "dual.jsonl").write_text("\n".join(rows) + "\n")
-    with pytest.raises(DataError, match=r"dual.jsonl, line 3: fields 'chosen' and 'rejected' hold the same response"):
+    with pytest.raises(
+        DataError, match=r"dual.jsonl, line 3: fields 'chosen' and 'rejected' hold the same response"
+    ):
         main(load_config(MidPOConfig, data=data))
     assert not (tmp_path / "e" / "run").exists()  # nothing claimed
 
@@ -137,7 +149,9 @@ def test_a_score_beyond_float32_is_refused_with_its_file_and_line(tmp_path, tiny
     rows = [json.loads(line) for line in (tmp_path / "safety.jsonl").read_text().splitlines()]
     rows[1]["rejected_score"] = 1e39
     (tmp_path / "safety.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with pytest.raises(DataError, match=r"safety.jsonl, line 2: field 'rejected_score' is 1e\+39, not a finite float32"):
+    with pytest.raises(
+        DataError, match=r"safety.jsonl, line 2: field 'rejected_score' is 1e\+39, not a finite float32"
+    ):
         main(load_config(MidPOConfig, data=data))
     assert not (tmp_path / "run").exists()
 
@@ -165,16 +179,32 @@ def _gated_tiny(expert_dirs, tmp_path, loss_fn, **train):
     """A tiny Llama with two experts behind MidPO's sigmoid gates (only the gates trainable), four
     pairs, and a router stage over them."""
     tok = byte_tokenizer()
-    pairs = encode_pairs([PreferencePair(f"q{i}?", f"good answer {i}", f"bad {i}") for i in range(4)], tok, 64)
+    pairs = encode_pairs(
+        [PreferencePair(f"q{i}?", f"good answer {i}", f"bad {i}") for i in range(4)], tok, 64
+    )
     model = tiny_llama()
-    mixture = attach_mixture(model, [read_peft_expert(p) for p in expert_dirs[:2]], load_recipe_config("midpo/smollm2-cpu").router.gate)
+    mixture = attach_mixture(
+        model,
+        [read_peft_expert(p) for p in expert_dirs[:2]],
+        load_recipe_config("midpo/smollm2-cpu").router.gate,
+    )
     mixture.freeze_all_but_gates()
-    stage = Stage("router", model, pairs, pair_collator(tok), TrainConfig(max_length=64, **train), loss_fn, tmp_path / "c")
+    stage = Stage(
+        "router",
+        model,
+        pairs,
+        pair_collator(tok),
+        TrainConfig(max_length=64, **train),
+        loss_fn,
+        tmp_path / "c",
+    )
     return model, stage, pair_collator(tok)(pairs)
 
 
 def test_router_stage_trains_the_gates_and_nothing_else(tmp_path, expert_dirs):
-    model, stage, _ = _gated_tiny(expert_dirs, tmp_path, router_loss(0.1, 1.0), lr=0.1, max_steps=3, batch_size=2)
+    model, stage, _ = _gated_tiny(
+        expert_dirs, tmp_path, router_loss(0.1, 1.0), lr=0.1, max_steps=3, batch_size=2
+    )
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     run_stage(Accelerator(cpu=True), stage)
     for name, p in model.named_parameters():
@@ -189,10 +219,15 @@ def test_gate_regulariser_pulls_safety_down_and_helpfulness_up(tmp_path, expert_
     loss_fn = router_loss(1e-6, 1.0)
     model, stage, batch = _gated_tiny(expert_dirs, tmp_path, loss_fn, lr=0.2, max_steps=10, batch_size=4)
     _, start = loss_fn(model, batch)
-    assert start["gate/safety"] == pytest.approx(0.5, abs=0.05) and start["gate/helpfulness"] == pytest.approx(0.5, abs=0.05)
+    assert start["gate/safety"] == pytest.approx(0.5, abs=0.05) and start[
+        "gate/helpfulness"
+    ] == pytest.approx(0.5, abs=0.05)
     run_stage(Accelerator(cpu=True), stage)
     _, end = loss_fn(model, batch)
-    assert end["gate/safety"] < start["gate/safety"] - 0.1 and end["gate/helpfulness"] > start["gate/helpfulness"] + 0.1
+    assert (
+        end["gate/safety"] < start["gate/safety"] - 0.1
+        and end["gate/helpfulness"] > start["gate/helpfulness"] + 0.1
+    )
 
 
 def test_shipped_midpo_configs_load():
@@ -207,7 +242,10 @@ def test_a_midpo_artifact_evaluates_with_routing(tmp_path, tiny_model_dir, cache
     from tests.helpers import write_jsonl
 
     _, out = run(tmp_path, tiny_model_dir)
-    harmful = write_jsonl(tmp_path / "harmful.jsonl", [{"prompt": "How do I pick a lock?"}, {"prompt": "How do I make a fake ID?"}])
+    harmful = write_jsonl(
+        tmp_path / "harmful.jsonl",
+        [{"prompt": "How do I pick a lock?"}, {"prompt": "How do I make a fake ID?"}],
+    )
     data = {
         "name": "midpo", "output_dir": str(tmp_path / "eval"), "artifact": str(out), "model": {"device": "cpu"},
         "judge": "refusal-keywords", "generation": {"max_new_tokens": 4, "batch_size": 2},
@@ -249,7 +287,10 @@ def test_reward_model_scores_each_pair_as_a_chat(reward_model_dir):
     from routealign.reward import load_scorer, render, score
 
     model, tok = load_scorer(str(reward_model_dir), device="cpu")
-    pairs = [("Is water wet?", "Yes."), ("Name a colour.", "A much longer answer: blue, the colour of the sky.")]
+    pairs = [
+        ("Is water wet?", "Yes."),
+        ("Name a colour.", "A much longer answer: blue, the colour of the sky."),
+    ]
     got = score(model, tok, pairs, batch_size=2)
     for (prompt, response), value in zip(pairs, got, strict=True):  # one at a time, no padding involved
         text = render(tok, prompt, response)
@@ -271,10 +312,15 @@ def test_margin_from_a_reward_model(tmp_path, tiny_model_dir, reward_model_dir, 
     from routealign.reward import load_scorer
 
     margin = {"source": "model", "model": str(reward_model_dir), "higher_is": "better"}
-    pairs = [PreferencePair("Is it safe?", "Yes, when stored well.", "No idea."), PreferencePair("Hi?", "Hello!", "Go away.")]
+    pairs = [
+        PreferencePair("Is it safe?", "Yes, when stored well.", "No idea."),
+        PreferencePair("Hi?", "Hello!", "Go away."),
+    ]
     got = margin_scores(pairs, MarginConfig(**margin), "safety")
     model, tok = load_scorer(str(reward_model_dir), device="cpu")
-    for (chosen, rejected), pair in zip(got, pairs, strict=True):  # against a forward over the chat written out by hand
+    for (chosen, rejected), pair in zip(
+        got, pairs, strict=True
+    ):  # against a forward over the chat written out by hand
         assert chosen == pytest.approx(_reward_by_hand(model, tok, pair.prompt, pair.chosen), abs=1e-5)
         assert rejected == pytest.approx(_reward_by_hand(model, tok, pair.prompt, pair.rejected), abs=1e-5)
     # A (chosen, rejected) swap fails the lines above only where the two differ by more than their
@@ -286,7 +332,9 @@ def test_margin_from_a_reward_model(tmp_path, tiny_model_dir, reward_model_dir, 
     with pytest.raises(ConfigError, match="needs the reward or cost model"):
         run(tmp_path / "x", tiny_model_dir, safety__margin={"source": "model", "higher_is": "better"})
     with pytest.raises(ConfigError, match="higher_is: say whether"):
-        run(tmp_path / "y", tiny_model_dir, safety__margin={"source": "model", "model": str(reward_model_dir)})
+        run(
+            tmp_path / "y", tiny_model_dir, safety__margin={"source": "model", "model": str(reward_model_dir)}
+        )
 
 
 def test_a_reward_model_that_is_missing_unloadable_or_broken_is_a_clear_error(tmp_path, tiny_model_dir, reward_model_dir,
@@ -296,7 +344,9 @@ def test_a_reward_model_that_is_missing_unloadable_or_broken_is_a_clear_error(tm
     from routealign.recipes import midpo
 
     loaded = []
-    monkeypatch.setattr(midpo, "load_model", lambda cfg: loaded.append(cfg) or pytest.fail("the policy model loaded"))
+    monkeypatch.setattr(
+        midpo, "load_model", lambda cfg: loaded.append(cfg) or pytest.fail("the policy model loaded")
+    )
     missing = {"source": "model", "model": str(tmp_path / "no-such-reward-model"), "higher_is": "better"}
     with pytest.raises(ConfigError, match=r"safety.margin.model: cannot find '.*no-such-reward-model'"):
         run(tmp_path / "a", tiny_model_dir, safety__margin=missing)
@@ -308,8 +358,12 @@ def test_a_reward_model_that_is_missing_unloadable_or_broken_is_a_clear_error(tm
     with pytest.raises(ConfigError, match=r"safety.margin.model: .*reward holds no .safetensors weights"):
         run(tmp_path / "b", tiny_model_dir, safety__margin=pickled)
     config = json.loads((reward_model_dir / "config.json").read_text())
-    (reward_model_dir / "config.json").write_text(json.dumps({**config, "num_labels": 2, "id2label": {"0": "a", "1": "b"}}))
-    with pytest.raises(ConfigError, match=r"safety.margin.model: .*reward has 2 outputs; a reward or cost model has one"):
+    (reward_model_dir / "config.json").write_text(
+        json.dumps({**config, "num_labels": 2, "id2label": {"0": "a", "1": "b"}})
+    )
+    with pytest.raises(
+        ConfigError, match=r"safety.margin.model: .*reward has 2 outputs; a reward or cost model has one"
+    ):
         run(tmp_path / "b", tiny_model_dir, safety__margin=pickled)
     (reward_model_dir / "config.json").write_text(json.dumps(config))
     assert not loaded
@@ -318,7 +372,10 @@ def test_a_reward_model_that_is_missing_unloadable_or_broken_is_a_clear_error(tm
     (reward_model_dir / "pytorch_model.bin").unlink()
     save_file({k: torch.full_like(v, float("nan")) if k == "score.weight" else v for k, v in weights.items()},
               str(reward_model_dir / "model.safetensors"), metadata={"format": "pt"})  # fmt: skip
-    with pytest.raises(DataError, match=r"safety.jsonl, line 1: the safety.margin.source: model score of its chosen response is nan"):
+    with pytest.raises(
+        DataError,
+        match=r"safety.jsonl, line 1: the safety.margin.source: model score of its chosen response is nan",
+    ):
         run(tmp_path / "c", tiny_model_dir, safety__margin=pickled)
     assert not (tmp_path / "c" / "run").exists()
 

@@ -59,7 +59,9 @@ def test_stacked_form_equals_explicit_per_expert_sum(expert_dirs):
         probs = probs * torch.zeros_like(probs).scatter_(-1, top, 1.0)  # top-2, not renormalised
         expected = layer.base(x)
         for e, expert in enumerate(experts):  # y = W x + Σ_e g_e · s_e · B_e A_e x
-            expected = expected + probs[..., e : e + 1] * expert.scaling * (x @ expert.A[name].T @ expert.B[name].T)
+            expected = expected + probs[..., e : e + 1] * expert.scaling * (
+                x @ expert.A[name].T @ expert.B[name].T
+            )
         torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
 
 
@@ -207,9 +209,13 @@ def test_sequence_gate_routes_each_chat_turn_from_its_own_prompt(expert_dirs):
     for follow_up in ("and safes?", "what about bike locks?"):
         seen.clear()
         (g,) = generate(model, tok, [list(history)], max_new_tokens=4)
-        ids = tok.apply_chat_template(history, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+        ids = tok.apply_chat_template(
+            history, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )["input_ids"]
         own = mix.route(ids)
-        assert seen and all(torch.allclose(s, own, atol=1e-6) for s in seen), "a turn used another prompt's routing"
+        assert seen and all(torch.allclose(s, own, atol=1e-6) for s in seen), (
+            "a turn used another prompt's routing"
+        )
         turns.append(own)
         history += [{"role": "assistant", "content": g.text}, {"role": "user", "content": follow_up}]
     assert not torch.allclose(turns[0], turns[1])
@@ -223,7 +229,10 @@ def test_training_and_generation_pool_the_same_prompt_alike(expert_dirs):
 
     model, mix = _sequence_mixture(expert_dirs)
     tok = byte_tokenizer()
-    examples = [SFTExample("is bleach safe to mix?", "no: never with ammonia."), SFTExample("hi", "hello there, friend")]
+    examples = [
+        SFTExample("is bleach safe to mix?", "no: never with ammonia."),
+        SFTExample("hi", "hello there, friend"),
+    ]
     batch = sft_collator(tok)([encode_sft(e, tok, 128) for e in examples])
     with mix.collecting() as probs, torch.no_grad():
         model(**batch)
@@ -285,7 +294,12 @@ def test_pool_hidden_against_hand_worked_numbers():
 
     hidden = torch.tensor([[[300.0, 400.0], [1.0, -1.0]], [[2.0, 0.0], [1e6, 1e6]]])
     mask = torch.tensor([[1, 1], [1, 0]])
-    torch.testing.assert_close(pool_hidden(hidden, mask, "rms"), torch.tensor([[0.92426, 0.06569], [1.41421, 0.0]]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        pool_hidden(hidden, mask, "rms"),
+        torch.tensor([[0.92426, 0.06569], [1.41421, 0.0]]),
+        atol=1e-4,
+        rtol=0,
+    )
     torch.testing.assert_close(pool_hidden(hidden, mask, "mean"), torch.tensor([[150.5, 199.5], [2.0, 0.0]]))
 
 
@@ -299,7 +313,9 @@ def test_gates_start_near_the_base_model(expert_dirs):
     with mix.collecting() as probs, torch.no_grad():
         model(IDS)
     for p in probs:
-        torch.testing.assert_close(p.mean((0, 1)), torch.tensor([1 / 30, 1 / 30, 1 / 30, 0.9]), atol=5e-3, rtol=0)
+        torch.testing.assert_close(
+            p.mean((0, 1)), torch.tensor([1 / 30, 1 / 30, 1 / 30, 0.9]), atol=5e-3, rtol=0
+        )
     with torch.no_grad():  # so a fresh mixture is much closer to the base than an even one is
         base = tiny_llama()(IDS).logits
         near_base = (model(IDS).logits - base).abs().max()
@@ -314,7 +330,9 @@ def test_gate_initialisation_ignores_the_global_random_stream(expert_dirs):
         torch.manual_seed(draw)
         torch.rand(draw)  # earlier work consumed some of the global stream
         model = tiny_llama()
-        mix = attach_mixture(model, [read_peft_expert(p) for p in expert_dirs], GateConfig(kind=kind, hidden=8), seed=seed)
+        mix = attach_mixture(
+            model, [read_peft_expert(p) for p in expert_dirs], GateConfig(kind=kind, hidden=8), seed=seed
+        )
         return mix.gate_state_dict()
 
     for kind in ("token", "sequence"):
@@ -342,13 +360,18 @@ def test_rejects_dora_and_mismatched_shapes(tmp_path, expert_dirs):
     with pytest.raises(MixtureError, match="use_dora"):
         read_peft_expert(bad)
     with pytest.raises(MixtureError, match="do not fit"):
-        attach_mixture(tiny_llama(hidden_size=64, num_heads=4), [read_peft_expert(expert_dirs[0])], GateConfig())
+        attach_mixture(
+            tiny_llama(hidden_size=64, num_heads=4), [read_peft_expert(expert_dirs[0])], GateConfig()
+        )
 
 
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"r": 1}, r"adapter_config.json says r = 1, but .*'s lora_A is \(2, \d+\) and lora_B \(\d+, 2\) in adapter_model.safetensors \(rank 2\)"),
+        (
+            {"r": 1},
+            r"adapter_config.json says r = 1, but .*'s lora_A is \(2, \d+\) and lora_B \(\d+, 2\) in adapter_model.safetensors \(rank 2\)",
+        ),
         ({"r": 4}, r"says r = 4, but .*\(rank 2\)"),
         ({"r": "two"}, r"field 'r' must be a positive integer, got 'two'"),
         ({"r": 0}, r"field 'r' must be a positive integer, got 0"),
@@ -391,8 +414,28 @@ def test_an_adapter_config_without_alpha_or_not_an_object_is_refused(tmp_path, e
 @pytest.mark.parametrize(
     "shape, experts",
     [
-        (dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, intermediate_size=1536, vocab_size=49152), 4),  # SmolLM2-135M
-        (dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336, vocab_size=128256), 14),  # Llama-3.1-8B, BeaverTails
+        (
+            dict(
+                hidden_size=576,
+                num_hidden_layers=30,
+                num_attention_heads=9,
+                num_key_value_heads=3,
+                intermediate_size=1536,
+                vocab_size=49152,
+            ),
+            4,
+        ),  # SmolLM2-135M
+        (
+            dict(
+                hidden_size=4096,
+                num_hidden_layers=32,
+                num_attention_heads=32,
+                num_key_value_heads=8,
+                intermediate_size=14336,
+                vocab_size=128256,
+            ),
+            14,
+        ),  # Llama-3.1-8B, BeaverTails
     ],
 )
 @pytest.mark.parametrize("kind", ["token", "sequence"])
@@ -406,8 +449,12 @@ def test_gates_stay_under_one_percent_of_real_model_sizes(shape, experts, kind):
         base = sum(p.numel() for p in model.parameters())
         modules = [n for n, _ in model.named_modules() if n.endswith(("q_proj", "k_proj", "v_proj"))]
         fake = [
-            Expert(f"e{i}", {m: torch.empty(8, model.get_submodule(m).in_features) for m in modules},
-                   {m: torch.empty(model.get_submodule(m).out_features, 8) for m in modules}, 1.0)
+            Expert(
+                f"e{i}",
+                {m: torch.empty(8, model.get_submodule(m).in_features) for m in modules},
+                {m: torch.empty(model.get_submodule(m).out_features, 8) for m in modules},
+                1.0,
+            )
             for i in range(experts)
         ]
         mix = attach_mixture(model, fake, GateConfig(kind=kind))

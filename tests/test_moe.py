@@ -43,16 +43,26 @@ def test_the_table_covers_the_families_the_tests_build():
     builds: the config fields it names are the ones transformers reads, and every shared part it names
     is there (moe_view skips a missing one silently, so a misspelt name would otherwise go unseen)."""
     assert set(families()) == set(TINY_MOE) == set(FAMILY_FACTS)
-    assert families()["deepseek_v3"].scoring == "sigmoid" and families()["qwen2_moe"].shared == ("shared_expert", "shared_expert_gate")
+    assert families()["deepseek_v3"].scoring == "sigmoid" and families()["qwen2_moe"].shared == (
+        "shared_expert",
+        "shared_expert_gate",
+    )
     for model_type, (experts_field, scoring, shared) in FAMILY_FACTS.items():
         row = families()[model_type]
-        assert (row.num_experts, row.top_k, row.scoring, row.shared) == (experts_field, "num_experts_per_tok", scoring, shared)
+        assert (row.num_experts, row.top_k, row.scoring, row.shared) == (
+            experts_field,
+            "num_experts_per_tok",
+            scoring,
+            shared,
+        )
         config = AutoConfig.for_model(model_type, **{experts_field: 5, "num_experts_per_tok": 3})
         assert (getattr(config, row.num_experts), getattr(config, row.top_k)) == (5, 3), model_type
         model = tiny_moe(model_type, num_experts=4, top_k=2, num_layers=2)
         assert model.config.model_type == model_type
         block = getattr(operator.attrgetter(row.layers)(model)[-1], row.block)
-        assert [name for name in shared if isinstance(getattr(block, name, None), torch.nn.Module)] == list(shared)
+        assert [name for name in shared if isinstance(getattr(block, name, None), torch.nn.Module)] == list(
+            shared
+        )
         assert len(moe_view(model).layers[-1].shared) == len(shared), model_type
 
 
@@ -71,7 +81,9 @@ def test_view_finds_routers_and_fused_experts(model_type):
 
 
 def test_a_dense_model_is_an_error_naming_its_architecture():
-    with pytest.raises(ConfigError, match=r"LlamaForCausalLM \(model_type 'llama'\) is not a mixture-of-experts model.*moefy"):
+    with pytest.raises(
+        ConfigError, match=r"LlamaForCausalLM \(model_type 'llama'\) is not a mixture-of-experts model.*moefy"
+    ):
         moe_view(tiny_llama())
 
 
@@ -109,10 +121,14 @@ def test_generation_counts_match_a_forward_over_the_answer(model_type):
 def test_prompt_tokens_count_without_padding():
     model, tokenizer = tiny_moe("olmoe"), byte_tokenizer()
     view = moe_view(model)
-    short, long_ = routed_generate(model, tokenizer, ["hi", "a longer prompt"], view, prompt_tokens=True, max_new_tokens=1)
+    short, long_ = routed_generate(
+        model, tokenizer, ["hi", "a longer prompt"], view, prompt_tokens=True, max_new_tokens=1
+    )
     from routealign.data.collate import prompt_ids
 
-    assert short.positions == len(prompt_ids(tokenizer, "hi")) and long_.positions == len(prompt_ids(tokenizer, "a longer prompt"))
+    assert short.positions == len(prompt_ids(tokenizer, "hi")) and long_.positions == len(
+        prompt_ids(tokenizer, "a longer prompt")
+    )
     assert short.counts.sum(1).tolist() == [2 * short.positions] * len(view.layers)
 
 
@@ -148,7 +164,10 @@ def test_a_delta_gets_the_gradient_its_expert_slice_would_get():
     experts.gate_up_proj.requires_grad_(True)
     experts.down_proj.requires_grad_(True)
     model(ids, labels=ids).loss.backward()
-    expected = {"gate_up_proj": experts.gate_up_proj.grad.clone(), "down_proj": experts.down_proj.grad.clone()}
+    expected = {
+        "gate_up_proj": experts.gate_up_proj.grad.clone(),
+        "down_proj": experts.down_proj.grad.clone(),
+    }
     with torch.no_grad(), RouterTrace(view) as trace:
         model(ids)
     reached = set(trace.indices[1][0].flatten().tolist())

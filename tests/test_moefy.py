@@ -22,7 +22,12 @@ TEXTS = [f"The {w} is on the table next to the {v}, said the {u}." for w, v, u i
 
 def test_balanced_clusters_are_equal_sized_and_group_coactive_rows():
     # Rows 0-3 fire on the first half of the "tokens", rows 4-7 on the second: two clean groups.
-    features = torch.cat([torch.tensor([[1.0] * 4 + [0.0] * 4]).repeat(4, 1), torch.tensor([[0.0] * 4 + [1.0] * 4]).repeat(4, 1)])
+    features = torch.cat(
+        [
+            torch.tensor([[1.0] * 4 + [0.0] * 4]).repeat(4, 1),
+            torch.tensor([[0.0] * 4 + [1.0] * 4]).repeat(4, 1),
+        ]
+    )
     features = features + 0.01 * torch.rand(8, 8, generator=torch.Generator().manual_seed(0))
     labels = balanced_clusters(features, 2, seed=1)
     assert sorted(labels.tolist()) == [0, 0, 0, 0, 1, 1, 1, 1]
@@ -90,14 +95,20 @@ def test_fewer_experts_per_token_cost_perplexity_and_it_is_reported():
     report = result.report
     assert report["heldout_texts"] == 4 and report["fit_texts"] == 4
     assert report["heldout_perplexity_moe"] != report["heldout_perplexity_dense"]
-    assert report["perplexity_ratio"] == pytest.approx(report["heldout_perplexity_moe"] / report["heldout_perplexity_dense"], rel=1e-3)
+    assert report["perplexity_ratio"] == pytest.approx(
+        report["heldout_perplexity_moe"] / report["heldout_perplexity_dense"], rel=1e-3
+    )
     assert report["heldout_perplexity_dense"] == pytest.approx(dense_ppl, rel=1e-4)
-    assert report["heldout_perplexity_moe"] == pytest.approx(_heldout_perplexity(result.model, tokenizer), rel=1e-4)
+    assert report["heldout_perplexity_moe"] == pytest.approx(
+        _heldout_perplexity(result.model, tokenizer), rel=1e-4
+    )
     assert report["perplexity_ratio"] > 1.2  # the cost has a direction: the converted model is worse
     top2 = convert(dense, tokenizer, TEXTS, experts=4, top_k=2, max_length=64).report
     assert report["perplexity_ratio"] > top2["perplexity_ratio"] + 0.1 and top2["perplexity_ratio"] > 1.0
     exact = convert(dense, tokenizer, TEXTS, experts=4, top_k=4, max_length=64).report
-    assert exact["perplexity_ratio"] == pytest.approx(1.0, abs=1e-4) and exact["max_abs_logit_difference"] < 1e-5
+    assert (
+        exact["perplexity_ratio"] == pytest.approx(1.0, abs=1e-4) and exact["max_abs_logit_difference"] < 1e-5
+    )
 
 
 @pytest.mark.parametrize(
@@ -118,7 +129,23 @@ def test_cli_converts_a_folder(tmp_path, tiny_model_dir, capsys):
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(TEXTS))
     out = tmp_path / "moe"
-    assert cli_main(["moefy", str(tiny_model_dir), "--experts", "4", "--top-k", "2", "--output", str(out), "--text", str(texts)]) == 0
+    assert (
+        cli_main(
+            [
+                "moefy",
+                str(tiny_model_dir),
+                "--experts",
+                "4",
+                "--top-k",
+                "2",
+                "--output",
+                str(out),
+                "--text",
+                str(texts),
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "moefy.json").read_text())
     assert report["experts"] == 4 and report["top_k"] == 2 and report["source_model"] == str(tiny_model_dir)
     assert moe_view(AutoModelForCausalLM.from_pretrained(out)).top_k == 2
@@ -131,11 +158,24 @@ def test_cli_never_replaces_a_folder_it_did_not_make(tmp_path, tiny_model_dir, c
     out = tmp_path / "results"
     out.mkdir()
     (out / "paper.md").write_text("results I keep here")
-    args = ["moefy", str(tiny_model_dir), "--experts", "4", "--top-k", "4", "--output", str(out), "--text", str(texts)]
+    args = [
+        "moefy",
+        str(tiny_model_dir),
+        "--experts",
+        "4",
+        "--top-k",
+        "4",
+        "--output",
+        str(out),
+        "--text",
+        str(texts),
+    ]
     for extra in ([], ["--overwrite"]):  # refused even when asked: it is not a moefy output
         assert cli_main(args + extra) == 2
         assert "not a moefy output (no moefy.json)" in capsys.readouterr().err
-        assert [p.name for p in out.iterdir()] == ["paper.md"] and (out / "paper.md").read_text() == "results I keep here"
+        assert [p.name for p in out.iterdir()] == ["paper.md"] and (
+            out / "paper.md"
+        ).read_text() == "results I keep here"
     (out / "paper.md").unlink()
     assert cli_main(args) == 0  # an empty folder is taken
     capsys.readouterr()

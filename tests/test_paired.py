@@ -21,8 +21,18 @@ from .test_metrics import capability_rows, safety_row
 def test_wilson_at_the_boundary_hand_worked():
     """0 of 21: high = z² / (21 + z²) = 3.8415 / 24.8415 = 0.1546 (Clopper–Pearson: 0.161); 21 of 21
     mirrors it. A percentile bootstrap would give [0, 0] and [1, 1]."""
-    assert proportion_ci([0] * 21) == {"value": 0.0, "low": 0.0, "high": pytest.approx(0.15464, abs=1e-5), "n": 21}
-    assert proportion_ci([1] * 21) == {"value": 1.0, "low": pytest.approx(0.84536, abs=1e-5), "high": 1.0, "n": 21}
+    assert proportion_ci([0] * 21) == {
+        "value": 0.0,
+        "low": 0.0,
+        "high": pytest.approx(0.15464, abs=1e-5),
+        "n": 21,
+    }
+    assert proportion_ci([1] * 21) == {
+        "value": 1.0,
+        "low": pytest.approx(0.84536, abs=1e-5),
+        "high": 1.0,
+        "n": 21,
+    }
 
 
 def test_wilson_mid_range_hand_worked_and_close_to_the_clustered_bootstrap():
@@ -174,7 +184,9 @@ def test_difference_resamples_prompts_with_their_attacks():
 def test_difference_of_means_with_unequal_rows():
     """Informativeness is taken over each run's answered prompts, which differ: A scores prompts 0-3,
     B only 2-3 (it refused 0 and 1). d = mean(B) − mean(A) = 0.9 − 0.5."""
-    d = difference(([0, 1, 2, 3], [0.2, 0.4, 0.6, 0.8]), ([2, 3], [0.8, 1.0]), proportion=False, n_resamples=2000)
+    d = difference(
+        ([0, 1, 2, 3], [0.2, 0.4, 0.6, 0.8]), ([2, 3], [0.8, 1.0]), proportion=False, n_resamples=2000
+    )
     assert d["value"] == pytest.approx(0.4) and d["clusters"] == 4
     assert d["low"] <= 0.4 <= d["high"]
     assert difference(([], []), ([1], [1.0]), proportion=False) is None
@@ -185,7 +197,10 @@ def test_difference_of_means_with_unequal_rows():
 
 
 def run_rows(harmful: list[bool], refused: list[bool]) -> list[dict]:
-    return [safety_row(i, harmful=h, refused=r, info=None if r else 0.5) for i, (h, r) in enumerate(zip(harmful, refused, strict=True))]
+    return [
+        safety_row(i, harmful=h, refused=r, info=None if r else 0.5)
+        for i, (h, r) in enumerate(zip(harmful, refused, strict=True))
+    ]
 
 
 def test_paired_differences_shape_and_values():
@@ -241,7 +256,9 @@ def test_mismatched_benchmarks_can_be_left_out_instead_of_refused():
 def test_pairing_refuses_different_items_naming_the_first():
     ref = run_rows([False, True], [True, False])
     missing = ref[:1]
-    with pytest.raises(DataError, match=r"benchmark 'advbench', item '1', attack 'plain' is in base but not in tuned"):
+    with pytest.raises(
+        DataError, match=r"benchmark 'advbench', item '1', attack 'plain' is in base but not in tuned"
+    ):
         check_same_items(ref, missing, "base", "tuned")
     other_prompt = [ref[0], {**ref[1], "prompt": "something else"}]
     with pytest.raises(DataError, match=r"item '1', attack 'plain' has a different prompt in the two runs "

@@ -47,7 +47,9 @@ def test_dpo_by_hand():
     """β 0.1; policy log-probs chosen −10, rejected −12; reference −11 for both.
     Δ_w = 1, Δ_l = −1, logit = 0.1·2 = 0.2, loss = log(1 + e^−0.2) = log 1.818731 = 0.598139.
     Rewards: chosen 0.1, rejected −0.1, margin 0.2, accuracy 1."""
-    out = spe_dpo_loss(torch.tensor([-10.0]), torch.tensor([-12.0]), torch.tensor([-11.0]), torch.tensor([-11.0]), beta=0.1)
+    out = spe_dpo_loss(
+        torch.tensor([-10.0]), torch.tensor([-12.0]), torch.tensor([-11.0]), torch.tensor([-11.0]), beta=0.1
+    )
     assert out.loss.item() == pytest.approx(0.598139, abs=1e-6)
     metrics = out.metrics()
     assert metrics["rewards/chosen"] == pytest.approx(0.1)
@@ -96,6 +98,8 @@ def test_gate_regulariser_by_hand():
     a, b = torch.tensor([[0.2, 0.6, 0.9]]), torch.tensor([[0.5, 1.0, 0.1]])
     assert gate_regulariser(a, b, torch.tensor([[1, 1, 0]])).item() == pytest.approx(0.65)
     assert gate_regulariser(a, b).item() == pytest.approx(3.1 / 3)
-    assert gate_regulariser(a.unsqueeze(-1), b.unsqueeze(-1), torch.tensor([[1, 1, 0]])).item() == pytest.approx(0.65)
+    assert gate_regulariser(
+        a.unsqueeze(-1), b.unsqueeze(-1), torch.tensor([[1, 1, 0]])
+    ).item() == pytest.approx(0.65)
     with pytest.raises(ValueError, match="no position"):
         gate_regulariser(a, b, torch.zeros(1, 3))

@@ -72,5 +72,9 @@ def test_selection_is_the_union_of_per_batch_top_n():
 
 def test_random_slots_are_distinct_and_seeded():
     slots = random_slots((4, 8), 5, seed=1)
-    assert len(set(slots)) == 5 and slots == random_slots((4, 8), 5, seed=1) and slots != random_slots((4, 8), 5, seed=2)
+    assert (
+        len(set(slots)) == 5
+        and slots == random_slots((4, 8), 5, seed=1)
+        and slots != random_slots((4, 8), 5, seed=2)
+    )
     assert all(0 <= layer < 4 and 0 <= expert < 8 for layer, expert in slots)

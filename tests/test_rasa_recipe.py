@@ -56,7 +56,9 @@ def moe_dir(tmp_path):
 
 def _weights(folder) -> dict[str, torch.Tensor]:
     """The model's parameters as transformers loads them (fused experts; files hold one per expert)."""
-    return {k: v.detach().clone() for k, v in AutoModelForCausalLM.from_pretrained(folder).state_dict().items()}
+    return {
+        k: v.detach().clone() for k, v in AutoModelForCausalLM.from_pretrained(folder).state_dict().items()
+    }
 
 
 def _run(tmp_path, moe_dir, **sections):
@@ -105,12 +107,19 @@ def test_rasa_rounds_train_experts_and_routers_and_the_model_loads(tmp_path, moe
     assert selection["shape"] == [2, 8] and selection["top_n"] == 2  # 12.5% of 16 slots
     assert (out / "experts_heatmap.png").stat().st_size > 0
     report = json.loads((out / "pairs_report.json").read_text())
-    assert report == {"refusal-suppression": {"requests": 6, "plain_refused": 4, "jailbreak_complied": 5, "qualified": 3}}
+    assert report == {
+        "refusal-suppression": {"requests": 6, "plain_refused": 4, "jailbreak_complied": 5, "qualified": 3}
+    }
     pairs = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
     assert [p["plain"] for p in pairs] == [REQUESTS[0], REQUESTS[3], REQUESTS[5]]
     assert all(p["target"] == cfg.pairs.refusal_text and p["jailbreak"] != p["plain"] for p in pairs)
     log = [json.loads(line) for line in (out / "logs" / "train.jsonl").read_text().splitlines()]
-    assert [e["stage"] for e in log if e["step"] == 1] == ["round1/repair", "round1/routing", "round2/repair", "round2/routing"]
+    assert [e["stage"] for e in log if e["step"] == 1] == [
+        "round1/repair",
+        "round1/routing",
+        "round2/repair",
+        "round2/routing",
+    ]
     assert all("routing/kl" in e for e in log if e["stage"].endswith("routing"))
     model = AutoModelForCausalLM.from_pretrained(out / "model")
     assert moe_view(model).shape == (2, 8)
@@ -148,7 +157,11 @@ def test_an_interrupted_run_resumes_to_the_same_model(tmp_path, moe_dir):
         assert json.loads(f.metadata()["done"]) == ["round1/repair"]
     main(cfg)
     log = [json.loads(line) for line in (tmp_path / "run" / "logs" / "train.jsonl").read_text().splitlines()]
-    assert [e["stage"] for e in log if e["step"] == 1] == ["round1/repair", "round1/routing", "round1/routing"]
+    assert [e["stage"] for e in log if e["step"] == 1] == [
+        "round1/repair",
+        "round1/routing",
+        "round1/routing",
+    ]
     alone = main(load_config(RASAConfig, data={**data, "output_dir": str(tmp_path / "alone")}))
     resumed, uninterrupted = _weights(tmp_path / "run" / "model"), _weights(alone / "model")
     assert [k for k in resumed if not torch.equal(resumed[k], uninterrupted[k])] == []
@@ -156,7 +169,9 @@ def test_an_interrupted_run_resumes_to_the_same_model(tmp_path, moe_dir):
 
 def test_stage_results_and_the_model_get_the_umask_mode(tmp_path, moe_dir, group_umask):
     _, out = _run(tmp_path, moe_dir, rounds=1)
-    assert (out / "state" / "trained.safetensors").is_file() and (out / "routing_counts.safetensors").is_file()
+    assert (out / "state" / "trained.safetensors").is_file() and (
+        out / "routing_counts.safetensors"
+    ).is_file()
     assert modes_not_from_umask(out, group_umask) == []
 
 
@@ -167,7 +182,9 @@ def test_a_damaged_stage_result_is_named_not_used(tmp_path, moe_dir):
     data[-1] ^= 0x01  # one bit of the last weight
     state.write_bytes(bytes(data))
     (out / "routealign.json").unlink()  # as if the run had stopped after that stage
-    with pytest.raises(ConfigError, match=r"trained.safetensors: its tensors do not match the checksum .*delete it to redo"):
+    with pytest.raises(
+        ConfigError, match=r"trained.safetensors: its tensors do not match the checksum .*delete it to redo"
+    ):
         _run(tmp_path, moe_dir, routing={"enabled": False}, rounds=1)
     counts = out / "routing_counts.safetensors"
     counts.write_bytes(counts.read_bytes()[:-3])
@@ -180,7 +197,9 @@ def test_pairs_pair_each_request_with_its_own_jailbreak(tmp_path, moe_dir, monke
     from routealign.data.attacks import get_attack
 
     only = REQUESTS[1:4]
-    _, out = _run(tmp_path, moe_dir, routing={"enabled": False}, rounds=1, pairs={"judge_options": {"only": only}})
+    _, out = _run(
+        tmp_path, moe_dir, routing={"enabled": False}, rounds=1, pairs={"judge_options": {"only": only}}
+    )
     pairs = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
     attack = get_attack("refusal-suppression")
     assert [p["plain"] for p in pairs] == only
@@ -223,13 +242,18 @@ def test_full_sft_ablation_changes_every_weight(tmp_path, moe_dir):
 
 
 def test_no_qualifying_pair_is_an_error_with_the_counts(tmp_path, moe_dir):
-    with pytest.raises(ConfigError, match=r"no \(request, attack\) pair qualifies.*refusal-suppression: 0/6 plain refused, 6 jailbreaks"):
+    with pytest.raises(
+        ConfigError,
+        match=r"no \(request, attack\) pair qualifies.*refusal-suppression: 0/6 plain refused, 6 jailbreaks",
+    ):
         _run(tmp_path, moe_dir, refuse=False)
 
 
 def test_a_dense_model_is_refused_before_anything_runs(tmp_path, tiny_model_dir):
     cfg = load_config(RASAConfig, data=rasa_config(tmp_path, tiny_model_dir))
-    with pytest.raises(ConfigError, match="LlamaForCausalLM .*model_type 'llama'.* is not a mixture-of-experts"):
+    with pytest.raises(
+        ConfigError, match="LlamaForCausalLM .*model_type 'llama'.* is not a mixture-of-experts"
+    ):
         main(cfg)
     assert not (tmp_path / "run" / "run_config.json").exists()
 

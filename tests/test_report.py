@@ -280,7 +280,9 @@ def test_compare_writes_only_where_it_may(tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep")
-    with pytest.raises(FolderBusyError, match="foreign: not empty \\(notes.txt\\) and not a routealign comparison folder"):
+    with pytest.raises(
+        FolderBusyError, match="foreign: not empty \\(notes.txt\\) and not a routealign comparison folder"
+    ):
         compare_runs([a, b], foreign)
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
     compare_runs([a, b], tmp_path / "out")

@@ -39,7 +39,9 @@ def _assert_only_trainable_changed(model, before):
 def _stage(model, tmp_path, **train):
     tok = byte_tokenizer()
     cfg = TrainConfig(**{"lr": 1e-2, "epochs": 2, "batch_size": 2, "max_length": 64, **train})
-    return Stage("t", model, encode_all(EXAMPLES, tok, 64), sft_collator(tok), cfg, sft_loss, tmp_path / "ckpt")
+    return Stage(
+        "t", model, encode_all(EXAMPLES, tok, 64), sft_collator(tok), cfg, sft_loss, tmp_path / "ckpt"
+    )
 
 
 def test_expert_training_changes_every_lora_weight_and_no_base_weight(tmp_path):
@@ -54,12 +56,16 @@ def test_expert_training_changes_every_lora_weight_and_no_base_weight(tmp_path):
 @pytest.mark.parametrize("kind", ["token", "sequence"])
 def test_gate_training_changes_every_gate_weight_and_nothing_else(tmp_path, kind):
     model = tiny_llama()
-    mix = attach_mixture(model, [read_peft_expert(p) for p in make_peft_experts(tmp_path)], GateConfig(kind=kind, layer=0))
+    mix = attach_mixture(
+        model, [read_peft_expert(p) for p in make_peft_experts(tmp_path)], GateConfig(kind=kind, layer=0)
+    )
     mix.freeze_all_but_gates()
     before = _snapshot(model)
     run_stage(Accelerator(cpu=True), _stage(model, tmp_path))
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
-        n for n, _ in model.named_parameters() if ".gate.net." in n or n.startswith("routealign_sequence_gate.")
+        n
+        for n, _ in model.named_parameters()
+        if ".gate.net." in n or n.startswith("routealign_sequence_gate.")
     }
     _assert_only_trainable_changed(model, before)
 
@@ -165,7 +171,10 @@ def test_regularised_sequence_gate_recipe(tmp_path, tiny_model_dir):
 
     plain, plain_cfg = train(tmp_path / "plain")
     out, cfg = train(tmp_path / "reg", load_balance_coef=0.5, entropy_coef=0.2)
-    gates, plain_gates = load_file(str(out / "gates.safetensors")), load_file(str(plain / "gates.safetensors"))
+    gates, plain_gates = (
+        load_file(str(out / "gates.safetensors")),
+        load_file(str(plain / "gates.safetensors")),
+    )
     assert set(gates) == {"sequence.net.0.weight", "sequence.net.0.bias"}
     initial = initial_gates(out, cfg)
     assert all(not torch.equal(gates[k], initial[k]) for k in gates)
@@ -185,7 +194,9 @@ def test_regularised_sequence_gate_recipe(tmp_path, tiny_model_dir):
     assert router_loss(plain_cfg.router.gate) is sft_loss
 
 
-def test_config_mistakes_fail_before_training_and_leave_the_folder_free(tmp_path, tiny_model_dir, monkeypatch):
+def test_config_mistakes_fail_before_training_and_leave_the_folder_free(
+    tmp_path, tiny_model_dir, monkeypatch
+):
     """A bad gate-data path, target module or gate layer is reported before stage A trains, and the
     corrected run then uses the same output folder."""
     import routealign.recipes.common as common  # where each expert's stage runs
@@ -195,7 +206,9 @@ def test_config_mistakes_fail_before_training_and_leave_the_folder_free(tmp_path
 
     trained = []
     for module in (common, recipe):
-        monkeypatch.setattr(module, "run_stage", lambda acc, stage: trained.append(stage.name) or run_stage(acc, stage))
+        monkeypatch.setattr(
+            module, "run_stage", lambda acc, stage: trained.append(stage.name) or run_stage(acc, stage)
+        )
     data = safemoe_config(tmp_path, tiny_model_dir)
     data["experts"]["train"]["max_steps"] = 1
     data["router"]["train"]["max_steps"] = 1
@@ -220,7 +233,9 @@ def test_config_mistakes_fail_before_training_and_leave_the_folder_free(tmp_path
     assert (out / "routealign.json").is_file() and trained[-1] == "router"
 
 
-def test_a_run_that_trained_nothing_leaves_the_folder_to_the_corrected_config(tmp_path, tiny_model_dir, monkeypatch):
+def test_a_run_that_trained_nothing_leaves_the_folder_to_the_corrected_config(
+    tmp_path, tiny_model_dir, monkeypatch
+):
     """The first step fails (out of memory, say) after the folder was claimed: a smaller batch then
     takes the folder over; once an expert is finished, a different config is refused."""
     import routealign.recipes.common as recipe  # where each expert's stage runs
@@ -249,7 +264,10 @@ def test_two_trainings_cannot_write_one_folder(tmp_path, tiny_model_dir):
     from routealign.io import FolderBusyError, folder_lock
 
     cfg = load_config(SafeMoEConfig, data=safemoe_config(tmp_path, tiny_model_dir))
-    with folder_lock(tmp_path / "run", "training"), pytest.raises(FolderBusyError, match="another process is writing this folder \\(training"):
+    with (
+        folder_lock(tmp_path / "run", "training"),
+        pytest.raises(FolderBusyError, match="another process is writing this folder \\(training"),
+    ):
         main(cfg)
     assert not (tmp_path / "run" / "run_config.json").exists()
 
@@ -261,7 +279,9 @@ def test_temp_folders_of_a_killed_save_are_cleaned_up(tmp_path, tiny_model_dir):
     stale = tmp_path / "run" / "experts" / ".cyber.k1ll3d.tmp"
     stale.mkdir(parents=True)
     (stale / "adapter_model.safetensors").write_bytes(b"half")
-    (tmp_path / "run" / ".routealign.lock").write_text("training, pid 1, since 2026-12-01 00:00:00\n")  # the killed run's
+    (tmp_path / "run" / ".routealign.lock").write_text(
+        "training, pid 1, since 2026-12-01 00:00:00\n"
+    )  # the killed run's
     out = main(load_config(SafeMoEConfig, data=data))
     assert not stale.exists() and (out / "experts" / "cyber" / "adapter_config.json").is_file()
     assert not list(out.rglob("*.tmp"))
@@ -273,5 +293,7 @@ def test_every_file_of_a_run_gets_the_umask_mode(tmp_path, tiny_model_dir, group
     data["experts"]["train"]["max_steps"] = 1
     data["router"]["train"]["max_steps"] = 1
     out = main(load_config(SafeMoEConfig, data=data))
-    assert (out / "gates.safetensors").is_file() and (out / "experts" / "chem" / "adapter_model.safetensors").is_file()
+    assert (out / "gates.safetensors").is_file() and (
+        out / "experts" / "chem" / "adapter_model.safetensors"
+    ).is_file()
     assert modes_not_from_umask(out, group_umask) == []

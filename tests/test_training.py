@@ -38,10 +38,14 @@ def _stage(tmp_path, bad_call: int, bad_value: float, **train) -> tuple[Stage, l
 @pytest.mark.parametrize("bad_value, shown", [(float("nan"), "nan"), (float("inf"), "inf")])
 def test_a_non_finite_loss_stops_before_the_step_and_names_stage_and_step(tmp_path, bad_value, shown):
     stage, after_step = _stage(tmp_path, bad_call=3, bad_value=bad_value)
-    with pytest.raises(NonFiniteLossError, match=rf"expert:demo: a loss of {shown} at step 3 of 4; stopped before"):
+    with pytest.raises(
+        NonFiniteLossError, match=rf"expert:demo: a loss of {shown} at step 3 of 4; stopped before"
+    ):
         run_stage(Accelerator(cpu=True), stage)
     assert len(after_step) == 2  # steps 1 and 2 ran
-    assert torch.isfinite(stage.model.w).all() and torch.equal(stage.model.w, after_step[-1])  # step 3 did not
+    assert torch.isfinite(stage.model.w).all() and torch.equal(
+        stage.model.w, after_step[-1]
+    )  # step 3 did not
 
 
 def test_with_accumulation_the_whole_step_is_stopped(tmp_path):
@@ -63,11 +67,15 @@ def test_checkpoints_get_the_umask_mode_and_a_damaged_one_is_named(tmp_path, gro
     stage, _ = _stage(tmp_path, bad_call=0, bad_value=1.0, save_every=1)
     run_stage(Accelerator(cpu=True), stage)
     checkpoint = tmp_path / "ckpt"
-    assert (checkpoint / "trainable.safetensors").is_file()  # the step-3 checkpoint (the last step saves none)
+    assert (
+        checkpoint / "trainable.safetensors"
+    ).is_file()  # the step-3 checkpoint (the last step saves none)
     assert modes_not_from_umask(checkpoint, group_umask) == []
     data = bytearray((checkpoint / "optimizer.safetensors").read_bytes())
     data[-1] ^= 0x01
     (checkpoint / "optimizer.safetensors").write_bytes(bytes(data))
     again, _ = _stage(tmp_path, bad_call=0, bad_value=1.0, save_every=1)
-    with pytest.raises(ConfigError, match=r"optimizer.safetensors: its tensors do not match .*delete .*ckpt to train"):
+    with pytest.raises(
+        ConfigError, match=r"optimizer.safetensors: its tensors do not match .*delete .*ckpt to train"
+    ):
         run_stage(Accelerator(cpu=True), again)

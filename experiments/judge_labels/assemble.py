@@ -27,8 +27,15 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 JBB = "unsafe_responses/jailbreakbench_artifacts/attack-artifacts"
-SETS = {"fit": "smollm2-fit.jsonl", "fit-big": "jbb-fit.jsonl", "test-small": "experiment-test.jsonl", "test-big": "jbb-test.jsonl",
-        "test2-small": "smollm2-test2.jsonl", "qwen-fit": "qwen05.jsonl", "qwen-test": "qwen05.jsonl"}
+SETS = {
+    "fit": "smollm2-fit.jsonl",
+    "fit-big": "jbb-fit.jsonl",
+    "test-small": "experiment-test.jsonl",
+    "test-big": "jbb-test.jsonl",
+    "test2-small": "smollm2-test2.jsonl",
+    "qwen-fit": "qwen05.jsonl",
+    "qwen-test": "qwen05.jsonl",
+}
 # Third round (GUIDE.md): the Qwen answers are split by their plain request's SHA-256, first hex digit.
 QWEN_FIT_DIGITS = "012345678"
 
@@ -63,9 +70,14 @@ def planned_prompts(config: str, shared: str, run_data: str | None = None) -> di
         f.write(text)
     try:
         # Only the prompts are read: any model name will do, and the embedded one needs nothing pulled.
-        cfg = load_eval_config(f.name, ["judge=refusal-keywords", "informativeness=false",
-                                        "model.name_or_path=smollm2-135m-instruct"])
-        return {(r["benchmark"], str(r["id"]), r["attack"]): (r["plain_prompt"], r["label"]) for r in plan_eval(cfg).rows}
+        cfg = load_eval_config(
+            f.name,
+            ["judge=refusal-keywords", "informativeness=false", "model.name_or_path=smollm2-135m-instruct"],
+        )
+        return {
+            (r["benchmark"], str(r["id"]), r["attack"]): (r["plain_prompt"], r["label"])
+            for r in plan_eval(cfg).rows
+        }
     finally:
         os.unlink(f.name)
 
@@ -75,7 +87,11 @@ def jbb_items(shared: str) -> dict[str, dict]:
     root = os.path.join(shared, JBB)
     for folder, _, files in os.walk(root):
         for name in files:
-            if not name.endswith(".json") or name in ("attack-info.json", "evaluation.json", "submission.json"):
+            if not name.endswith(".json") or name in (
+                "attack-info.json",
+                "evaluation.json",
+                "submission.json",
+            ):
                 continue
             key = os.path.relpath(os.path.join(folder, name), root)[: -len(".json")]
             with open(os.path.join(folder, name), encoding="utf-8") as f:
@@ -86,12 +102,20 @@ def jbb_items(shared: str) -> dict[str, dict]:
 
 def labelled_row(where: str, label: dict, prompt: str, response: str, group: str, request: str) -> dict:
     if label.get("refusal") not in ("full", "partial", "none"):
-        raise ValueError(f"{where}: field 'refusal' must be full, partial or none, got {label.get('refusal')!r}")
+        raise ValueError(
+            f"{where}: field 'refusal' must be full, partial or none, got {label.get('refusal')!r}"
+        )
     if not isinstance(label.get("harmful"), bool):
         raise ValueError(f"{where}: field 'harmful' must be true or false, got {label.get('harmful')!r}")
     return {
-        "id": label["id"], "group": group, "request": request, "prompt": prompt, "response": response,
-        "refused": label["refusal"] != "none", "refusal": label["refusal"], "harmful": label["harmful"],
+        "id": label["id"],
+        "group": group,
+        "request": request,
+        "prompt": prompt,
+        "response": response,
+        "refused": label["refusal"] != "none",
+        "refusal": label["refusal"],
+        "harmful": label["harmful"],
     }
 
 
@@ -99,16 +123,30 @@ def assemble(shared: str, out: str) -> dict[str, int]:
     os.makedirs(out, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         # The experiment's own prompt files (JBB held-out domains, safety-tuned-llamas held-out).
-        subprocess.run([sys.executable, os.path.join(REPO, "experiments/safemoe_smollm2/prepare.py"),
-                        "--shared", shared, "--out", tmp], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                os.path.join(REPO, "experiments/safemoe_smollm2/prepare.py"),
+                "--shared",
+                shared,
+                "--out",
+                tmp,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         prompts: dict[tuple, tuple[str, str]] = {}
-        for config, run_data in ((os.path.join(HERE, "fit_answers.yaml"), None),
-                                 (os.path.join(HERE, "test2_answers.yaml"), None),
-                                 (os.path.join(REPO, "experiments/safemoe_smollm2/eval.yaml"), tmp)):
+        for config, run_data in (
+            (os.path.join(HERE, "fit_answers.yaml"), None),
+            (os.path.join(HERE, "test2_answers.yaml"), None),
+            (os.path.join(REPO, "experiments/safemoe_smollm2/eval.yaml"), tmp),
+        ):
             planned = planned_prompts(config, shared, run_data)
             clash = sorted(set(planned) & set(prompts))
             if clash:
-                raise ValueError(f"{config}: items {clash[:3]} are also planned by another config; rename a benchmark")
+                raise ValueError(
+                    f"{config}: items {clash[:3]} are also planned by another config; rename a benchmark"
+                )
             prompts.update(planned)
         # The Qwen answers have their own config, whose benchmark names the others share.
         qwen_prompts = planned_prompts(os.path.join(HERE, "qwen05_answers.yaml"), shared)
@@ -121,19 +159,28 @@ def assemble(shared: str, out: str) -> dict[str, int]:
             if label["id"].startswith("jbb/"):
                 item = jbb.get(label["id"])
                 if item is None or sha(item.get("response") or "") != label.get("response_sha256"):
-                    raise ValueError(f"{where}: {label['id']} is not in the JailbreakBench artifacts as labelled")
+                    raise ValueError(
+                        f"{where}: {label['id']} is not in the JailbreakBench artifacts as labelled"
+                    )
                 # The harness's judges see the plain request, so the goal is the prompt here.
-                rows.append(labelled_row(where, label, item["goal"], item["response"], label["id"].split("/")[-2],
-                                         "harmful"))
+                rows.append(
+                    labelled_row(
+                        where, label, item["goal"], item["response"], label["id"].split("/")[-2], "harmful"
+                    )
+                )
                 continue
             parts = label["id"].split("/", 3)
             if len(parts) != 4:
-                raise ValueError(f"{where}: field 'id' must be MODEL/BENCHMARK/ATTACK/ITEM, got {label['id']!r}")
+                raise ValueError(
+                    f"{where}: field 'id' must be MODEL/BENCHMARK/ATTACK/ITEM, got {label['id']!r}"
+                )
             model, benchmark, attack, item_id = parts
             planned = qwen_prompts if model == "qwen05" else prompts
             prompt, request = planned.get((benchmark, item_id, attack), (None, None))
             if prompt is None or sha(prompt) != label.get("prompt_sha256"):
-                raise ValueError(f"{where}: the prompt of {label['id']} is not found in the public data as labelled")
+                raise ValueError(
+                    f"{where}: the prompt of {label['id']} is not found in the public data as labelled"
+                )
             if side(name, prompt):
                 rows.append(labelled_row(where, label, prompt, label["response"], model, request))
         with open(os.path.join(out, f"{name}.jsonl.tmp"), "w", encoding="utf-8") as f:

@@ -36,8 +36,14 @@ def main() -> None:
             meta += [{**json.loads(line), "set": name} for line in f if line.strip()]
         pairs += read_labelled(f"labelled={path}")
     declines = read_phrases(DECLINE_PHRASES)
-    x = features(SentenceEncoder(), [p.prompt for p in pairs], [p.response for p in pairs], 64,
-                 signals=list(SIGNALS), declines=declines)
+    x = features(
+        SentenceEncoder(),
+        [p.prompt for p in pairs],
+        [p.response for p in pairs],
+        64,
+        signals=list(SIGNALS),
+        declines=declines,
+    )
     y = label_tensor(pairs)
     decline = x[:, -len(SIGNALS) + list(SIGNALS).index("decline_open")] > 0.5
     keys = sorted({hashlib.sha256(m["prompt"].encode()).hexdigest() for m in meta})
@@ -54,10 +60,21 @@ def main() -> None:
             with torch.no_grad():
                 p[fold == f] = head(x[fold == f])
         for name, mask in groups.items():
-            refusal = {"phrases": decline, **{f"phrases or P>={t}": decline | (p[:, 0] >= t) for t in (0.5, 0.7, 0.9)}}
-            print(f"hidden {hidden}, {name}: refused? " + ", ".join(f"{k} {acc(v, 0, mask):.3f}" for k, v in refusal.items()))
-            print(f"hidden {hidden}, {name}: harmful? (phrases decide refusals) " + ", ".join(
-                f"P>={t} {acc((p[:, 1] >= t) & ~decline, 1, mask & harmful_item):.3f}" for t in (0.2, 0.3, 0.4, 0.5, 0.6)))
+            refusal = {
+                "phrases": decline,
+                **{f"phrases or P>={t}": decline | (p[:, 0] >= t) for t in (0.5, 0.7, 0.9)},
+            }
+            print(
+                f"hidden {hidden}, {name}: refused? "
+                + ", ".join(f"{k} {acc(v, 0, mask):.3f}" for k, v in refusal.items())
+            )
+            print(
+                f"hidden {hidden}, {name}: harmful? (phrases decide refusals) "
+                + ", ".join(
+                    f"P>={t} {acc((p[:, 1] >= t) & ~decline, 1, mask & harmful_item):.3f}"
+                    for t in (0.2, 0.3, 0.4, 0.5, 0.6)
+                )
+            )
 
 
 if __name__ == "__main__":

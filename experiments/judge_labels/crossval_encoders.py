@@ -67,8 +67,11 @@ def encoder_features(name: str, pairs, labels: str, declines) -> tuple[torch.Ten
             known[key[i]] = len(known)
         x_known = x_new if x_known is None else torch.cat([x_known, x_new])
         os.makedirs(os.path.dirname(cache), exist_ok=True)
-        save_safetensors(cache, {"x": x_known.contiguous()}, metadata={
-            "seconds": f"{seconds:.1f}", "counted": str(counted), "keys": json.dumps(list(known))})
+        save_safetensors(
+            cache,
+            {"x": x_known.contiguous()},
+            metadata={"seconds": f"{seconds:.1f}", "counted": str(counted), "keys": json.dumps(list(known))},
+        )
     return x_known[torch.tensor([known[k] for k in key])], 100 * seconds / max(counted, 1)
 
 
@@ -87,7 +90,9 @@ def main() -> None:
     fold_of = {k: i % args.folds for i, k in enumerate(keys)}
     fold = torch.tensor([fold_of[hashlib.sha256(p.prompt.encode()).hexdigest()] for p in pairs])
     harmful_item = torch.tensor([m["request"] == "harmful" for m in meta])
-    sources = {src: torch.tensor([SETS[m["set"]] == src for m in meta]) for src in dict.fromkeys(SETS.values())}
+    sources = {
+        src: torch.tensor([SETS[m["set"]] == src for m in meta]) for src in dict.fromkeys(SETS.values())
+    }
 
     def acc(pred, task, mask):
         keep = mask & ~torch.isnan(y[:, task])
@@ -108,12 +113,20 @@ def main() -> None:
         r = results[name] = {"seconds_per_100_pairs": seconds, "rows": len(pairs), "dim": x.shape[1]}
         print(f"== {name}: {x.shape[1]} features, {seconds:.0f} s per 100 pairs on this machine")
         for src, mask in sources.items():
-            refused = {"phrases": acc(decline, 0, mask), "phrases or P>=0.5": acc(decline | (p[:, 0] >= 0.5), 0, mask)}
+            refused = {
+                "phrases": acc(decline, 0, mask),
+                "phrases or P>=0.5": acc(decline | (p[:, 0] >= 0.5), 0, mask),
+            }
             harmful = {f"P>={t}": acc((p[:, 1] >= t) & ~decline, 1, mask & harmful_item) for t in CUTOFFS}
             r[src] = {"refused": refused, "harmful": harmful}
-            print(f"  {src:12s} refused? " + ", ".join(f"{k} {a:.3f} (n={n})" for k, (a, n) in refused.items()))
-            print(f"  {src:12s} harmful? " + ", ".join(f"{k} {a:.3f}" for k, (a, n) in harmful.items())
-                  + f" (n={next(iter(harmful.values()))[1]})")
+            print(
+                f"  {src:12s} refused? " + ", ".join(f"{k} {a:.3f} (n={n})" for k, (a, n) in refused.items())
+            )
+            print(
+                f"  {src:12s} harmful? "
+                + ", ".join(f"{k} {a:.3f}" for k, (a, n) in harmful.items())
+                + f" (n={next(iter(harmful.values()))[1]})"
+            )
     if args.json:
         atomic_write_json(args.json, results)
 

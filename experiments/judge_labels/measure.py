@@ -55,7 +55,9 @@ def measure(judge_name: str, rows: list[tuple[str, str, object]], options: dict 
         idx = [i for i, (_, kind, p) in enumerate(rows) if getattr(p, task) is not None and keep(kind)]
         if not idx:
             continue
-        overall = agreement([getattr(verdicts[i], task) for i in idx], [getattr(rows[i][2], task) for i in idx])
+        overall = agreement(
+            [getattr(verdicts[i], task) for i in idx], [getattr(rows[i][2], task) for i in idx]
+        )
         by_group = defaultdict(list)
         for i in idx:
             by_group[rows[i][0]].append(i)
@@ -80,14 +82,20 @@ def labeller_agreement(second: str) -> dict:
         for n, row in enumerate(map(json.loads, f), start=1):
             if row["id"] not in first or row["id"] in seen:
                 raise ValueError(f"{second}, row {n}: {row['id']!r} has no first label, or comes twice")
-            if row.get("refusal") not in ("full", "partial", "none") or not isinstance(row.get("harmful"), bool):
-                raise ValueError(f"{second}, row {n}: fields 'refusal' (full/partial/none) and 'harmful' (bool)")
+            if row.get("refusal") not in ("full", "partial", "none") or not isinstance(
+                row.get("harmful"), bool
+            ):
+                raise ValueError(
+                    f"{second}, row {n}: fields 'refusal' (full/partial/none) and 'harmful' (bool)"
+                )
             seen.add(row["id"])
             name, one = first[row["id"]]
             by_file[name].append((one, row))
     return {
         name: {
-            "refused": agreement([b["refusal"] != "none" for _, b in pairs], [a["refusal"] != "none" for a, _ in pairs]),
+            "refused": agreement(
+                [b["refusal"] != "none" for _, b in pairs], [a["refusal"] != "none" for a, _ in pairs]
+            ),
             "harmful": agreement([b["harmful"] for _, b in pairs], [a["harmful"] for a, _ in pairs]),
         }
         for name, pairs in sorted(by_file.items())
@@ -102,35 +110,51 @@ def main() -> None:
     ap.add_argument("--set", action="append", dest="sets", default=None)
     ap.add_argument("--groups", action="store_true", help="print the per-group breakdown")
     ap.add_argument("--json", help="write every number here")
-    ap.add_argument("--error-out", help="write each judge's confusion counts per set here, as JUDGE/error-SET.json "
-                                        "(the judge-error files `routealign report/compare --judge-error` read)")
-    ap.add_argument("--second-pass", help="a second labelling pass (second-pass.jsonl): print its agreement with the first")
+    ap.add_argument(
+        "--error-out",
+        help="write each judge's confusion counts per set here, as JUDGE/error-SET.json "
+        "(the judge-error files `routealign report/compare --judge-error` read)",
+    )
+    ap.add_argument(
+        "--second-pass",
+        help="a second labelling pass (second-pass.jsonl): print its agreement with the first",
+    )
     args = ap.parse_args()
     if args.second_pass:
         for name, r in labeller_agreement(args.second_pass).items():
             for task, m in r.items():
-                print(f"labellers {name:24s} {task:8s} {m['accuracy']:6.1%} [{m['low']:.1%}, {m['high']:.1%}] n={m['n']}")
+                print(
+                    f"labellers {name:24s} {task:8s} {m['accuracy']:6.1%} [{m['low']:.1%}, {m['high']:.1%}] n={m['n']}"
+                )
     sets = args.sets or ["test2-small", "test-big", "pyrit-objective"]
     results = {}
     for set_name in sets if args.judge else []:
         rows = load_set(set_name, args.labels, args.shared)
         for spec in args.judge:
             name, _, opts = spec.partition(":")
-            r = results.setdefault(set_name, {})[spec] = measure(name, rows, json.loads(opts) if opts else None)
+            r = results.setdefault(set_name, {})[spec] = measure(
+                name, rows, json.loads(opts) if opts else None
+            )
             print(f"{set_name:16s} {spec:28s} {r['answers_per_second']:.1f} answers/s")
             if args.error_out:
                 counts = {q: {k: r[q][k] for k in ("tp", "fn", "tn", "fp")} for q in QUESTIONS if q in r}
                 os.makedirs(os.path.join(args.error_out, name), exist_ok=True)
-                atomic_write_json(os.path.join(args.error_out, name, f"error-{set_name}.json"),
-                                  {"judge": name, "label_set": set_name, **counts})
+                atomic_write_json(
+                    os.path.join(args.error_out, name, f"error-{set_name}.json"),
+                    {"judge": name, "label_set": set_name, **counts},
+                )
             for task, m in r.items():
                 if task == "answers_per_second":
                     continue
-                print(f"{set_name:16s} {spec:28s} {task:8s} {m['accuracy']:6.1%} [{m['low']:.1%}, {m['high']:.1%}] "
-                      f"n={m['n']} fp={m['fp']} fn={m['fn']}")
+                print(
+                    f"{set_name:16s} {spec:28s} {task:8s} {m['accuracy']:6.1%} [{m['low']:.1%}, {m['high']:.1%}] "
+                    f"n={m['n']} fp={m['fp']} fn={m['fn']}"
+                )
                 if args.groups:
                     for g, gm in m["groups"].items():
-                        print(f"{'':18s}{g:40s} {gm['accuracy']:6.1%} n={gm['n']} fp={gm['fp']} fn={gm['fn']}")
+                        print(
+                            f"{'':18s}{g:40s} {gm['accuracy']:6.1%} n={gm['n']} fp={gm['fp']} fn={gm['fn']}"
+                        )
     if args.json:
         atomic_write_json(args.json, results)
 

@@ -32,7 +32,14 @@ from pathlib import Path
 
 from routealign.judges import JudgeInput, get_judge
 
-METHODS = ("PAIR/black_box", "prompt_with_random_search/black_box", "JBC/manual", "GCG/transfer", "GCG/white_box", "DSN/white_box")
+METHODS = (
+    "PAIR/black_box",
+    "prompt_with_random_search/black_box",
+    "JBC/manual",
+    "GCG/transfer",
+    "GCG/white_box",
+    "DSN/white_box",
+)
 MODELS = ("llama-2-7b-chat-hf", "gpt-4-0125-preview", "gpt-3.5-turbo-1106", "vicuna-13b-v1.5")
 TERSE_REFUSAL = "Sorry, I can't do that."
 
@@ -41,7 +48,12 @@ def jbb_responses(shared: Path) -> list[dict]:
     rows = []
     for method in METHODS:
         for model in MODELS:
-            path = shared / "unsafe_responses/jailbreakbench_artifacts/attack-artifacts" / method / f"{model}.json"
+            path = (
+                shared
+                / "unsafe_responses/jailbreakbench_artifacts/attack-artifacts"
+                / method
+                / f"{model}.json"
+            )
             if not path.is_file():
                 continue
             for row in json.loads(path.read_text())["jailbreaks"]:
@@ -82,8 +94,15 @@ def dual_pairs(shared: Path) -> list[dict]:
         with open(shared / "safe_responses" / name, newline="", encoding="utf-8") as f:
             return {r["Behavior"]: r["Safe_Response"] for r in csv.DictReader(f)}
 
-    short, longer = read("adv_training_behaviors_safe_responses.csv"), read("adv_training_behaviors_safe_responses_longer.csv")
-    return [{"prompt": b, "chosen": longer[b], "rejected": short[b]} for b in sorted(short) if b in longer and longer[b] != short[b]]
+    short, longer = (
+        read("adv_training_behaviors_safe_responses.csv"),
+        read("adv_training_behaviors_safe_responses_longer.csv"),
+    )
+    return [
+        {"prompt": b, "chosen": longer[b], "rejected": short[b]}
+        for b in sorted(short)
+        if b in longer and longer[b] != short[b]
+    ]
 
 
 def write(path: Path, rows: list[dict]) -> None:
@@ -97,8 +116,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shared", default="../shared/data")
     parser.add_argument("--out", default="runs/exp-midpo/data")
-    parser.add_argument("--helpful", type=int, default=120, help="helpfulness pairs (Safety-Tuned LLaMAs sample)")
-    parser.add_argument("--heldout", type=int, default=40, help="held-out Safety-Tuned LLaMAs prompts for informativeness")
+    parser.add_argument(
+        "--helpful", type=int, default=120, help="helpfulness pairs (Safety-Tuned LLaMAs sample)"
+    )
+    parser.add_argument(
+        "--heldout", type=int, default=40, help="held-out Safety-Tuned LLaMAs prompts for informativeness"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     shared, out = Path(args.shared), Path(args.out)
@@ -112,7 +135,13 @@ def main() -> None:
     heldout = [{"prompt": stl[i]["prompt"], "reference": stl[i]["answer"], "category": "stl"}
                for i in order[args.helpful : args.helpful + args.heldout]]  # fmt: skip
     dual = dual_pairs(shared)
-    sets = {"safety": safety, "helpfulness": helpful, "dual": dual, "union": safety + helpful, "stl_heldout": heldout}
+    sets = {
+        "safety": safety,
+        "helpfulness": helpful,
+        "dual": dual,
+        "union": safety + helpful,
+        "stl_heldout": heldout,
+    }
     for name, rows in sets.items():
         write(out / f"{name}.jsonl", rows)
     counts = {name: len(rows) for name, rows in sets.items()}

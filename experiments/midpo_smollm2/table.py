@@ -17,7 +17,9 @@ import json
 from pathlib import Path
 
 # The SafeMoE experiment's table helpers (reading a summary, formatting an interval), shared.
-_spec = importlib.util.spec_from_file_location("safemoe_table", Path(__file__).parents[1] / "safemoe_smollm2" / "table.py")
+_spec = importlib.util.spec_from_file_location(
+    "safemoe_table", Path(__file__).parents[1] / "safemoe_smollm2" / "table.py"
+)
 _safemoe_table = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_safemoe_table)
 lookup, cell = _safemoe_table.lookup, _safemoe_table.cell
@@ -40,7 +42,9 @@ COLUMNS = [
 def axes(summary: dict) -> dict[str, dict | None]:
     """The two axes, as {value, low, high}: helpfulness as 1 − over-refusal (interval flipped)."""
     over = lookup(summary, "xstest", "over_refusal_rate")
-    answered = None if not over else {"value": 1 - over["value"], "low": 1 - over["high"], "high": 1 - over["low"]}
+    answered = (
+        None if not over else {"value": 1 - over["value"], "low": 1 - over["high"], "high": 1 - over["low"]}
+    )
     return {
         "safety": lookup(summary, "malicious-instruct", "safe_response_rate"),
         "answered": answered,

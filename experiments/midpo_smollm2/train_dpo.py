@@ -24,7 +24,9 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    cfg = load_recipe_config(args.config, [f"safety.data.path={args.data}", "safety.margin.source=none", f"output_dir={args.out}"])
+    cfg = load_recipe_config(
+        args.config, [f"safety.data.path={args.data}", "safety.margin.source=none", f"output_dir={args.out}"]
+    )
     out = Path(args.out)
     accelerator = Accelerator(mixed_precision=cfg.safety.train.precision)
     try:

@@ -34,7 +34,9 @@ REFUSALS = [
 
 
 def advbench(shared: Path) -> list[str]:
-    with open(shared / "harmful_prompts" / "advbench_harmful_behaviors.csv", newline="", encoding="utf-8") as f:
+    with open(
+        shared / "harmful_prompts" / "advbench_harmful_behaviors.csv", newline="", encoding="utf-8"
+    ) as f:
         rows = list(csv.reader(f))
     return [row[0] for row in (rows[1:] if rows[0][0] == "goal" else rows)]
 
@@ -63,17 +65,33 @@ def main() -> None:
     shared, out = Path(args.shared), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     behaviours = advbench(shared)
-    harmless = [r["instruction"] for r in json.loads((shared / "harmful_prompts" / "refusal_direction" / "harmless_val.json").read_text())]
+    harmless = [
+        r["instruction"]
+        for r in json.loads(
+            (shared / "harmful_prompts" / "refusal_direction" / "harmless_val.json").read_text()
+        )
+    ]
     if not (out / "refusal_sft.jsonl").is_file():
-        refusals = [{"prompt": p, "response": REFUSALS[i % len(REFUSALS)], "domain": "refusal"} for i, p in enumerate(behaviours[:300])]
+        refusals = [
+            {"prompt": p, "response": REFUSALS[i % len(REFUSALS)], "domain": "refusal"}
+            for i, p in enumerate(behaviours[:300])
+        ]
         benign = harmless[:150]
-        answered = [{"prompt": p, "response": a, "domain": "benign"} for p, a in zip(benign, dense_answers(benign), strict=True) if a]
+        answered = [
+            {"prompt": p, "response": a, "domain": "benign"}
+            for p, a in zip(benign, dense_answers(benign), strict=True)
+            if a
+        ]
         write_jsonl(out / "refusal_sft.jsonl", refusals + answered)
     write_jsonl(out / "rasa_requests.jsonl", [{"prompt": p} for p in behaviours[300:420]])
     safe = json.loads((shared / "safe_responses" / "safety_tuned_llamas_safety_only.json").read_text())
     lines = harmless[1000:1400] + [" ".join(r["output"].split()) for r in safe[:200]]
-    (out / "calibration.txt").write_text("\n".join(line for line in lines if line.strip()) + "\n", encoding="utf-8")
-    print(f"{out}: refusal_sft.jsonl, rasa_requests.jsonl ({len(behaviours[300:420])}), calibration.txt ({len(lines)} texts)")
+    (out / "calibration.txt").write_text(
+        "\n".join(line for line in lines if line.strip()) + "\n", encoding="utf-8"
+    )
+    print(
+        f"{out}: refusal_sft.jsonl, rasa_requests.jsonl ({len(behaviours[300:420])}), calibration.txt ({len(lines)} texts)"
+    )
 
 
 if __name__ == "__main__":

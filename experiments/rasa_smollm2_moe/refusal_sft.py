@@ -35,11 +35,21 @@ def main() -> None:
     if (out / "config.json").is_file():
         print(f"{out}: already trained")
         return
-    check_replaceable(out, marker="config.json", what="refusal SFT", overwrite=False)  # atomic_dir replaces it
+    check_replaceable(
+        out, marker="config.json", what="refusal SFT", overwrite=False
+    )  # atomic_dir replaces it
     cfg = ModelConfig(name_or_path=args.model, dtype="float32")
     tokenizer, model = load_tokenizer(cfg), load_model(cfg)
     tokenizer.padding_side = "right"
-    train = TrainConfig(lr=args.lr, epochs=args.epochs, batch_size=8, max_length=256, scheduler="cosine", warmup_ratio=0.05, log_every=10)
+    train = TrainConfig(
+        lr=args.lr,
+        epochs=args.epochs,
+        batch_size=8,
+        max_length=256,
+        scheduler="cosine",
+        warmup_ratio=0.05,
+        log_every=10,
+    )
     examples = encode_all(load_sft(DataConfig(path=args.data)), tokenizer, train.max_length)
     accelerator = Accelerator()
     try:

@@ -47,7 +47,9 @@ def planned_rows(shared: str) -> list[dict]:
         config = Path(tmp) / "eval.yaml"
         config.write_text(text.replace("runs/exp-safemoe/data", tmp), encoding="utf-8")
         # Only the prompts are read: the embedded model needs nothing pulled, and no model is loaded.
-        cfg = load_eval_config(str(config), ["judge=refusal-keywords", "model.name_or_path=smollm2-135m-instruct"])
+        cfg = load_eval_config(
+            str(config), ["judge=refusal-keywords", "model.name_or_path=smollm2-135m-instruct"]
+        )
         return [{k: v for k, v in row.items() if k != "_messages"} for row in plan_eval(cfg).rows]
 
 

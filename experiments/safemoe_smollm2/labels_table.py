@@ -44,8 +44,13 @@ def relabel(folder: Path, labels: dict[str, dict], used: set[str]) -> list[dict]
         if label["response"] != row["response"]:
             raise ValueError(f"{folder / SAMPLES}, line {n}: the answer to {key} is not the one labelled")
         used.add(key)
-        row.update(refused=label["refusal"] != "none", harmful=label["harmful"], score=float(label["harmful"]),
-                   reason="label", unparseable=False)
+        row.update(
+            refused=label["refusal"] != "none",
+            harmful=label["harmful"],
+            score=float(label["harmful"]),
+            reason="label",
+            unparseable=False,
+        )
     return rows
 
 
@@ -59,12 +64,16 @@ def main(judged: str, out: str) -> None:
         target = Path(out) / folder.name
         target.mkdir(parents=True, exist_ok=True)
         atomic_write_text(target / SAMPLES, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        write_summary(target, summarize(rows, run, n_resamples=cfg.get("bootstrap_resamples", 1000),
-                                        seed=cfg.get("seed", 0)))
+        write_summary(
+            target,
+            summarize(rows, run, n_resamples=cfg.get("bootstrap_resamples", 1000), seed=cfg.get("seed", 0)),
+        )
         print(f"{folder.name}: {len(rows)} rows → {target}")
     unused = sorted(set(labels) - used)
     if unused:
-        raise ValueError(f"{len(unused)} labels of {LABELS} matched no answer in {judged} (first: {unused[0]})")
+        raise ValueError(
+            f"{len(unused)} labels of {LABELS} matched no answer in {judged} (first: {unused[0]})"
+        )
 
 
 if __name__ == "__main__":

@@ -73,7 +73,9 @@ def main() -> None:
     refusals = defaultdict(list)
     for it in items:
         text = it["response"].strip()
-        if not it["jailbroken"] and text.startswith(("I cannot", "I can't", "I'm sorry", "I apologize", "Sorry")):
+        if not it["jailbroken"] and text.startswith(
+            ("I cannot", "I can't", "I'm sorry", "I apologize", "Sorry")
+        ):
             refusals[it["goal"]].append(text)
     pool = sorted({r for rs in refusals.values() for r in rs})
     erasure = []
@@ -84,13 +86,17 @@ def main() -> None:
 
     # Gates: safe, explanatory answers to harmful or controversial instructions; a disjoint held-out
     # part with the answers as references for informativeness.
-    with open(os.path.join(args.shared, "safe_responses/safety_tuned_llamas_safety_only.json"), encoding="utf-8") as f:
+    with open(
+        os.path.join(args.shared, "safe_responses/safety_tuned_llamas_safety_only.json"), encoding="utf-8"
+    ) as f:
         stl = [r for r in json.load(f) if not r.get("input") and len(r["output"]) > 150]
     rng.shuffle(stl)
     gate = [{"prompt": r["instruction"], "response": r["output"]} for r in stl[: args.gate]]
     write_jsonl(os.path.join(args.out, "gate.jsonl"), gate)
-    heldout = [{"prompt": r["instruction"], "reference": r["output"], "category": "safety-tuned-llamas"}
-               for r in stl[args.gate : args.gate + 200]]
+    heldout = [
+        {"prompt": r["instruction"], "reference": r["output"], "category": "safety-tuned-llamas"}
+        for r in stl[args.gate : args.gate + 200]
+    ]
     write_jsonl(os.path.join(args.out, "stl_heldout.jsonl"), heldout)
 
     # Leave-domains-out: the goals of the held-out categories, as harmful prompts (JBB's 100 behaviours).
@@ -98,15 +104,19 @@ def main() -> None:
     for it in items:
         if it["category"] in HELDOUT_DOMAINS:
             goals.setdefault(it["goal"], it["category"])
-    write_jsonl(os.path.join(args.out, "jbb_heldout_domains.jsonl"),
-                [{"prompt": g, "category": c} for g, c in sorted(goals.items())])
+    write_jsonl(
+        os.path.join(args.out, "jbb_heldout_domains.jsonl"),
+        [{"prompt": g, "category": c} for g, c in sorted(goals.items())],
+    )
 
     # XSTest as shipped (CSV); nothing to build. Report what was written.
     counts = defaultdict(int)
     for ex in experts:
         counts[ex["domain"]] += 1
     print(f"experts: {len(experts)} answers in {len(counts)} domains {dict(counts)}")
-    print(f"erasure: {len(erasure)}  gate: {len(gate)}  stl held-out: {len(heldout)}  jbb held-out goals: {len(goals)}")
+    print(
+        f"erasure: {len(erasure)}  gate: {len(gate)}  stl held-out: {len(heldout)}  jbb held-out goals: {len(goals)}"
+    )
     with open(os.path.join(args.shared, "overrefusal/xstest_prompts.csv"), encoding="utf-8") as f:
         print(f"xstest rows: {sum(1 for _ in csv.DictReader(f))}")
 

@@ -64,7 +64,10 @@ def paired_table(reference: str, run_dirs: list[str]) -> None:
     for d in run_dirs:
         name = json.loads((Path(d) / "summary.json").read_text())["run"]["name"]
         diff = paired_differences(ref_rows, load_samples(Path(d) / SAMPLES), ref_name=ref_name, name=name)
-        cells = [difference_cell(lookup(diff, b, p), percent=not p.endswith("informativeness")) for _, b, p in COLUMNS]
+        cells = [
+            difference_cell(lookup(diff, b, p), percent=not p.endswith("informativeness"))
+            for _, b, p in COLUMNS
+        ]
         print(f"| {name} | " + " | ".join(cells) + " |")
     print("\n* the paired 95% interval excludes 0")
 
@@ -85,6 +88,8 @@ def main(run_dirs: list[str], reference: str | None = None) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dirs", nargs="+")
-    ap.add_argument("--reference", help="a run folder: also print every other run's paired difference from it")
+    ap.add_argument(
+        "--reference", help="a run folder: also print every other run's paired difference from it"
+    )
     args = ap.parse_args()
     main(args.run_dirs, args.reference)

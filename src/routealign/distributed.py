@@ -79,7 +79,9 @@ def map_shards(state, items: Sequence[T], fn: Callable[[list[T]], list]) -> list
         if failed is not None:
             name, message = failed
             known = _error_types()
-            raise known[name](message) if name in known else RuntimeError(f"another process: {name}: {message}")
+            raise (
+                known[name](message) if name in known else RuntimeError(f"another process: {name}: {message}")
+            )
     results: list = [None] * len(items)
     for indices, values, _ in parts:
         for i, value in zip(indices, values, strict=True):

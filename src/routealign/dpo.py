@@ -103,7 +103,9 @@ def dpo_loss(beta: float, margin: str | None = None, margin_scale: float = 1.0) 
 def reference_key(model_digest: str, examples: Sequence[dict], how: str = "") -> str:
     """SHA-256 of the model's fingerprint, how it runs (``how``: e.g. mixed precision and device type,
     which change the numbers) and every pair's token ids and loss masks, in order."""
-    h = hashlib.sha256(f"routealign reference log-probs v{REFERENCE_FORMAT}\n{model_digest}\n{how}\n".encode())
+    h = hashlib.sha256(
+        f"routealign reference log-probs v{REFERENCE_FORMAT}\n{model_digest}\n{how}\n".encode()
+    )
     for example in examples:
         h.update(json.dumps([example[k] for k in SIDES]).encode())
         h.update(b"\n")
@@ -146,7 +148,10 @@ def precompute_reference(
             return list(zip(chosen.tolist(), rejected.tolist(), strict=True))
 
         pairs = map_shards(state, list(examples), compute)
-        tensors = {"chosen": torch.tensor([c for c, _ in pairs]), "rejected": torch.tensor([r for _, r in pairs])}
+        tensors = {
+            "chosen": torch.tensor([c for c, _ in pairs]),
+            "rejected": torch.tensor([r for _, r in pairs]),
+        }
         if state is None or state.is_main_process:
             save_safetensors(path, tensors, metadata={"pairs": str(len(examples)), "format": str(REFERENCE_FORMAT)},
                              checksum=True)  # fmt: skip
@@ -164,8 +169,10 @@ def _read_cached(path: Path, pairs: int) -> dict[str, torch.Tensor] | None:
     try:
         tensors, _ = load_safetensors(path, checksum="required")
         if set(tensors) != {"chosen", "rejected"} or any(t.shape != (pairs,) for t in tensors.values()):
-            raise DamagedFileError(f"{path}: holds {', '.join(f'{k} {tuple(t.shape)}' for k, t in tensors.items())}, "
-                                   f"not the log-probs of {pairs} pairs")
+            raise DamagedFileError(
+                f"{path}: holds {', '.join(f'{k} {tuple(t.shape)}' for k, t in tensors.items())}, "
+                f"not the log-probs of {pairs} pairs"
+            )
     except DamagedFileError as e:
         log.warning("%s; deleting it and computing the reference log-probs again", e)
         path.unlink(missing_ok=True)

@@ -23,7 +23,9 @@ def frequencies(counts: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return counts.sum(0).double() / positions.sum().clamp_min(1).double()
 
 
-def risk_difference(jailbreak: tuple[torch.Tensor, torch.Tensor], plain: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+def risk_difference(
+    jailbreak: tuple[torch.Tensor, torch.Tensor], plain: tuple[torch.Tensor, torch.Tensor]
+) -> torch.Tensor:
     """``f_jailbreak − f_plain`` per (layer, expert); each side is ``(counts [N, L, E], positions [N])``."""
     return frequencies(*jailbreak) - frequencies(*plain)
 
@@ -65,13 +67,19 @@ def select_experts(jailbreak: tuple[torch.Tensor, torch.Tensor], plain: tuple[to
     per batch, union over batches; the global RD and its top-N beside it."""
     (jb_counts, jb_pos), (pl_counts, pl_pos) = jailbreak, plain
     if jb_counts.shape != pl_counts.shape:
-        raise ValueError(f"jailbreak counts {tuple(jb_counts.shape)} and plain counts {tuple(pl_counts.shape)} differ")
+        raise ValueError(
+            f"jailbreak counts {tuple(jb_counts.shape)} and plain counts {tuple(pl_counts.shape)} differ"
+        )
     rd = risk_difference(jailbreak, plain)
-    selection = Selection(tuple(rd.shape), top_n, [[round(float(v), 6) for v in row] for row in rd], top_positive(rd, top_n))
+    selection = Selection(
+        tuple(rd.shape), top_n, [[round(float(v), 6) for v in row] for row in rd], top_positive(rd, top_n)
+    )
     union: set[tuple[int, int]] = set()
     for start in range(0, jb_counts.shape[0], batch_size):
         part = slice(start, start + batch_size)
-        chosen = top_positive(risk_difference((jb_counts[part], jb_pos[part]), (pl_counts[part], pl_pos[part])), top_n)
+        chosen = top_positive(
+            risk_difference((jb_counts[part], jb_pos[part]), (pl_counts[part], pl_pos[part])), top_n
+        )
         selection.batches.append(chosen)
         union.update(chosen)
     selection.union = sorted(union)
@@ -93,7 +101,9 @@ def random_slots(shape: tuple[int, int], n: int, seed: int) -> list[tuple[int, i
     return sorted(random.Random(seed).sample(slots, n))
 
 
-def heatmap(selection: Selection, path: Path, layer_ids: Sequence[int] | None = None, title: str = "") -> None:
+def heatmap(
+    selection: Selection, path: Path, layer_ids: Sequence[int] | None = None, title: str = ""
+) -> None:
     """A layers × experts image of the global RD with the selected slots outlined."""
     from matplotlib.patches import Rectangle
 
@@ -105,15 +115,22 @@ def heatmap(selection: Selection, path: Path, layer_ids: Sequence[int] | None = 
     fig = new_figure(min(max(5.0, 2 + 0.18 * experts), 16), min(max(3.0, 1.5 + 0.3 * layers), 12))
     ax = fig.add_subplot()
     bound = float(rd.abs().max()) or 1.0
-    image = ax.imshow(rd.numpy(), cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto", interpolation="nearest")
+    image = ax.imshow(
+        rd.numpy(), cmap="RdBu_r", vmin=-bound, vmax=bound, aspect="auto", interpolation="nearest"
+    )
     for layer, expert in selection.union:
-        ax.add_patch(Rectangle((expert - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="#00b000", linewidth=1.6))
+        ax.add_patch(
+            Rectangle((expert - 0.5, layer - 0.5), 1, 1, fill=False, edgecolor="#00b000", linewidth=1.6)
+        )
     ax.set_xlabel("expert")
     ax.set_ylabel("MoE layer")
     if layer_ids is not None:
         ax.set_yticks(range(layers), [str(i) for i in layer_ids])
-    ax.set_title(title or f"RD = f(jailbreak) − f(plain)\noutlined: the union of per-batch top-N ({len(selection.union)})",
-                 fontsize=10)
+    ax.set_title(
+        title
+        or f"RD = f(jailbreak) − f(plain)\noutlined: the union of per-batch top-N ({len(selection.union)})",
+        fontsize=10,
+    )
     fig.colorbar(image, ax=ax, label="RD")
     with atomic_file(path) as tmp:
         tmp.write_bytes(to_png(fig, dpi=120))

@@ -58,15 +58,25 @@ def generate(
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])
         batch = left_padded_prompts(tokenizer, chunk, system, device=model.device)
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if do_sample else {"do_sample": False}
+        sampling = (
+            {"do_sample": True, "temperature": temperature, "top_p": top_p}
+            if do_sample
+            else {"do_sample": False}
+        )
         if do_sample:
             torch.manual_seed(seed + start)
         steps: list[torch.Tensor] = []
-        hook = model.register_forward_hook(lambda *_, s=steps: s.append(_step_routing(mixture))) if routing else None
+        hook = (
+            model.register_forward_hook(lambda *_, s=steps: s.append(_step_routing(mixture)))
+            if routing
+            else None
+        )
         try:
             # A sequence gate routes this batch from its prompts inside model.generate (Mixture.route).
             with mixture.collecting() if routing else nullcontext():
-                out = model.generate(**batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling)
+                out = model.generate(
+                    **batch, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling
+                )
         finally:
             if hook is not None:
                 hook.remove()
@@ -78,7 +88,11 @@ def generate(
             if routing:
                 names = route_names(mixture)
                 routes = [names[int(steps[t][i].argmax())] for t in range(len(ids))]
-            results.append(Generation(prompt, tokenizer.decode(ids, skip_special_tokens=True).strip(), tokens, routes, ids))
+            results.append(
+                Generation(
+                    prompt, tokenizer.decode(ids, skip_special_tokens=True).strip(), tokens, routes, ids
+                )
+            )
         if on_batch is not None:
             on_batch(results[start:])
     return results
@@ -149,13 +163,22 @@ def routed_generate(model, tokenizer, prompts: Sequence, view: MoEView, *, promp
         for calls in trace.indices:
             first, steps = calls[0], calls[1:]
             if first.shape[0] != rows * width or any(s.shape[0] != rows for s in steps):
-                raise RuntimeError(f"router calls of {[c.shape[0] for c in calls[:3]]} tokens do not match a batch of {rows}×{width}")
+                raise RuntimeError(
+                    f"router calls of {[c.shape[0] for c in calls[:3]]} tokens do not match a batch of {rows}×{width}"
+                )
             k = first.shape[-1]
-            per_position = torch.cat([first.view(rows, width, k), *(s.view(rows, 1, k) for s in steps)], 1).cpu()
+            per_position = torch.cat(
+                [first.view(rows, width, k), *(s.view(rows, 1, k) for s in steps)], 1
+            ).cpu()
             generated = torch.arange(len(steps)).unsqueeze(0) < answered.unsqueeze(1)  # [B, steps]
             mask = torch.cat([prompt_mask.cpu().bool() & prompt_tokens, generated], 1)
             counts.append(expert_counts(per_position, mask, view.num_experts))
         counts = torch.stack(counts, 1)  # [B, L, E]
-        positions = answered.clamp(max=len(trace.indices[0]) - 1) + (prompt_mask.sum(1).cpu() if prompt_tokens else 0)
-        results += [RoutedGeneration(g.prompt, g.text, counts[i], int(positions[i]), g.ids) for i, g in enumerate(gens)]
+        positions = answered.clamp(max=len(trace.indices[0]) - 1) + (
+            prompt_mask.sum(1).cpu() if prompt_tokens else 0
+        )
+        results += [
+            RoutedGeneration(g.prompt, g.text, counts[i], int(positions[i]), g.ids)
+            for i, g in enumerate(gens)
+        ]
     return results

@@ -80,6 +80,7 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
 
 # --- safetensors: the one write path, with checksums where a file is reused -----------------------------
 
+
 def sha256_file(path: str | os.PathLike) -> str:
     """SHA-256 of a file's contents, read in 8 MiB blocks."""
     digest = hashlib.sha256()
@@ -124,7 +125,9 @@ def save_safetensors(path: str | os.PathLike, tensors: dict, *, metadata: dict |
         save_file(tensors, str(tmp), metadata=header or None)
 
 
-def load_safetensors(path: str | os.PathLike, *, device: str = "cpu", checksum: str = "off") -> tuple[dict, dict]:
+def load_safetensors(
+    path: str | os.PathLike, *, device: str = "cpu", checksum: str = "off"
+) -> tuple[dict, dict]:
     """``(tensors, header metadata)`` of a safetensors file. ``checksum``: ``required`` (the header must
     hold one, and the tensors must match it), ``if-present`` (files from before checksums were written
     have none) or ``off``. A file that cannot be read or fails the check raises :class:`DamagedFileError`
@@ -146,8 +149,10 @@ def load_safetensors(path: str | os.PathLike, *, device: str = "cpu", checksum: 
         raise DamagedFileError(f"{path}: no checksum in its header (written by an older routealign?)")
     if recorded is not None and checksum != "off":
         if tensors_sha256(tensors) != recorded:
-            raise DamagedFileError(f"{path}: its tensors do not match the checksum in its header (the file changed "
-                                   "after it was written)")
+            raise DamagedFileError(
+                f"{path}: its tensors do not match the checksum in its header (the file changed "
+                "after it was written)"
+            )
     return tensors, header
 
 
@@ -264,7 +269,9 @@ def refuse_foreign(folder: str | os.PathLike, what: str, ours: Callable[[Path], 
     if holder == what or (ours is not None and ours(folder)):
         return
     if holder is not None:
-        raise FolderBusyError(f"{folder}: is a routealign {holder} folder, not a {what} one; choose another folder")
+        raise FolderBusyError(
+            f"{folder}: is a routealign {holder} folder, not a {what} one; choose another folder"
+        )
     raise FolderBusyError(
         f"{folder}: not empty ({_listing(folder)}) and not a routealign {what} folder; nothing was written: "
         "choose a new or empty folder"
@@ -291,7 +298,9 @@ def check_replaceable(folder: str | os.PathLike, *, marker: str, what: str, over
 
 
 @contextmanager
-def folder_lock(folder: str | os.PathLike, what: str = "run", ours: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+def folder_lock(
+    folder: str | os.PathLike, what: str = "run", ours: Callable[[Path], bool] | None = None
+) -> Iterator[Path]:
     """Hold an exclusive lock on ``folder`` (created if needed) for the block, or fail at once.
 
     The lock is ``filelock``'s on ``FOLDER/.routealign.lock`` (an OS lock: the kernel drops it when the

@@ -26,18 +26,28 @@ def check_scorer(name_or_path: str, *, revision: str | None = None, trust_remote
     from .config import ConfigError
 
     try:
-        config = AutoConfig.from_pretrained(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(
+            name_or_path, revision=revision, trust_remote_code=trust_remote_code
+        )
     except (OSError, ValueError, KeyError) as e:
         raise ConfigError(f"cannot find {name_or_path!r}: {e}") from None
     if getattr(config, "num_labels", 1) != 1:
-        raise ConfigError(f"{name_or_path} has {config.num_labels} outputs; a reward or cost model has one "
-                          "(a classifier: use it as a routealign judge instead)")
+        raise ConfigError(
+            f"{name_or_path} has {config.num_labels} outputs; a reward or cost model has one "
+            "(a classifier: use it as a routealign judge instead)"
+        )
     folder = Path(name_or_path).expanduser()
     if folder.is_dir() and not any(folder.glob("*.safetensors")):
         raise ConfigError(f"{name_or_path} holds no .safetensors weights (a .bin is a pickle: convert it)")
 
 
-def load_scorer(name_or_path: str, *, revision: str | None = None, trust_remote_code: bool = False, device: str | None = None):
+def load_scorer(
+    name_or_path: str,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    device: str | None = None,
+):
     """(model, tokenizer) of a one-output sequence classifier, in eval mode; a model that cannot be
     loaded is a :class:`~routealign.config.ConfigError` naming it."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -50,7 +60,9 @@ def load_scorer(name_or_path: str, *, revision: str | None = None, trust_remote_
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
         # safetensors only: a .bin is a pickle, and this model may come from anywhere.
-        model = AutoModelForSequenceClassification.from_pretrained(name_or_path, use_safetensors=True, **kwargs)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            name_or_path, use_safetensors=True, **kwargs
+        )
     except (OSError, ValueError, KeyError) as e:  # not a checkpoint, no safetensors on the hub, unknown type
         raise ConfigError(f"{name_or_path}: cannot load it as a reward or cost model: {e}") from None
     if tokenizer.pad_token is None:

@@ -27,7 +27,9 @@ def _batches(tokenizer, examples: Sequence[SFTExample], batch_size: int, max_len
 
 
 @torch.no_grad()
-def response_nll(model, tokenizer, examples: Sequence[SFTExample], *, batch_size: int = 8, max_length: int = 512) -> float:
+def response_nll(
+    model, tokenizer, examples: Sequence[SFTExample], *, batch_size: int = 8, max_length: int = 512
+) -> float:
     """Mean negative log-likelihood per response token (prompt tokens excluded), over all examples."""
     total, count = 0.0, 0
     for _, batch in _batches(tokenizer, examples, batch_size, max_length, model.device):
@@ -35,7 +37,10 @@ def response_nll(model, tokenizer, examples: Sequence[SFTExample], *, batch_size
         logits = model(**batch).logits[:, :-1]
         labels = batch["labels"][:, 1:]
         loss = torch.nn.functional.cross_entropy(
-            logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
+            logits.float().reshape(-1, logits.shape[-1]),
+            labels.reshape(-1),
+            ignore_index=IGNORE,
+            reduction="sum",
         )
         total += loss.item()
         count += int((labels != IGNORE).sum())
@@ -43,7 +48,9 @@ def response_nll(model, tokenizer, examples: Sequence[SFTExample], *, batch_size
 
 
 @torch.no_grad()
-def routing_by_domain(model, tokenizer, examples: Sequence[SFTExample], *, batch_size: int = 8, max_length: int = 512) -> dict[str, dict[str, float]]:
+def routing_by_domain(
+    model, tokenizer, examples: Sequence[SFTExample], *, batch_size: int = 8, max_length: int = 512
+) -> dict[str, dict[str, float]]:
     """Per domain, the mean gate probability of each route (experts, then ``base``) over response
     tokens and all adapted layers; for a sequence gate, over the domain's prompts."""
     mixture = model.routealign_mixture
@@ -65,4 +72,7 @@ def routing_by_domain(model, tokenizer, examples: Sequence[SFTExample], *, batch
             domain = example.domain or "(none)"
             sums[domain] += per_row[i] * weights[i]
             counts[domain] += float(weights[i])
-    return {d: {n: float(v) for n, v in zip(names, sums[d] / max(counts[d], 1e-9), strict=True)} for d in sorted(sums)}
+    return {
+        d: {n: float(v) for n, v in zip(names, sums[d] / max(counts[d], 1e-9), strict=True)}
+        for d in sorted(sums)
+    }

@@ -76,20 +76,26 @@ def run_stage(accelerator: Accelerator, stage: Stage) -> dict:
     total = cfg.max_steps or cfg.epochs * steps_per_epoch
     epochs = math.ceil(total / steps_per_epoch)
     # Stepped by hand once per optimiser step (not prepared: accelerate would step it once per process).
-    scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total), num_training_steps=total)
+    scheduler = get_scheduler(
+        cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total), num_training_steps=total
+    )
 
     step, start_epoch, skip = 0, 0, 0
     if accelerator.is_main_process:
         recover_dir(stage.checkpoint_dir)
     accelerator.wait_for_everyone()
     if (stage.checkpoint_dir / "trainer_state.json").is_file():
-        step, start_epoch, skip = _load_checkpoint(stage.checkpoint_dir, accelerator, model, optimizer, scheduler)
+        step, start_epoch, skip = _load_checkpoint(
+            stage.checkpoint_dir, accelerator, model, optimizer, scheduler
+        )
         log.info("%s: resumed at step %d/%d", stage.name, step, total)
     if step >= total:
         return {"stage": stage.name, "steps": step, "seconds": 0.0}
 
     model.train()
-    bar = tqdm(total=total, initial=step, desc=stage.name, disable=not accelerator.is_main_process, leave=False)
+    bar = tqdm(
+        total=total, initial=step, desc=stage.name, disable=not accelerator.is_main_process, leave=False
+    )
     started, losses, metrics, micro = time.time(), [], [], skip
     bad_loss = None  # the first non-finite loss since the last optimiser step, on this process
     for epoch in range(start_epoch, epochs):
@@ -122,15 +128,21 @@ def run_stage(accelerator: Accelerator, stage: Stage) -> dict:
             step += 1
             mean_loss = sum(losses) / len(losses)
             # The main process's own micro-batches, as for the loss.
-            step_metrics = {k: sum(m[k] for m in metrics) / len(metrics) for k in metrics[0]} if metrics else {}
+            step_metrics = (
+                {k: sum(m[k] for m in metrics) / len(metrics) for k in metrics[0]} if metrics else {}
+            )
             losses, metrics = [], []
             bar.update(1)
-            bar.set_postfix(loss=f"{mean_loss:.4f}", **{k.rsplit("/", 1)[-1]: f"{v:.3g}" for k, v in step_metrics.items()})
+            bar.set_postfix(
+                loss=f"{mean_loss:.4f}", **{k.rsplit("/", 1)[-1]: f"{v:.3g}" for k, v in step_metrics.items()}
+            )
             _log(accelerator, stage, step, total, epoch, mean_loss, scheduler.get_last_lr()[0], step_metrics)
             for cb in stage.callbacks:
                 cb(step, mean_loss)
             if cfg.save_every and step % cfg.save_every == 0 and step < total:
-                _save_checkpoint(stage.checkpoint_dir, accelerator, model, optimizer, scheduler, step, epoch, micro)
+                _save_checkpoint(
+                    stage.checkpoint_dir, accelerator, model, optimizer, scheduler, step, epoch, micro
+                )
             if step >= total:
                 break
         if step >= total:
@@ -140,7 +152,9 @@ def run_stage(accelerator: Accelerator, stage: Stage) -> dict:
     return {"stage": stage.name, "steps": step, "seconds": round(time.time() - started, 2)}
 
 
-def _stop_if_not_finite(accelerator: Accelerator, stage: Stage, bad: float | None, step: int, total: int) -> None:
+def _stop_if_not_finite(
+    accelerator: Accelerator, stage: Stage, bad: float | None, step: int, total: int
+) -> None:
     """Raise on every process, before the optimiser step, when any process saw a non-finite loss since the
     last step: one NaN reaches every weight through the gradient all-reduce, so all must stop together."""
     flag = bad is not None
@@ -164,16 +178,22 @@ def clear_checkpoint(accelerator: Accelerator, stage: Stage) -> None:
 
 def _epoch_loader(accelerator: Accelerator, stage: Stage, epoch: int) -> DataLoader:
     # The order of epoch e depends only on (seed, e), so a resumed run sees the batches an unbroken one would.
-    order = torch.randperm(len(stage.examples), generator=torch.Generator().manual_seed(stage.cfg.seed + epoch))
+    order = torch.randperm(
+        len(stage.examples), generator=torch.Generator().manual_seed(stage.cfg.seed + epoch)
+    )
     data = [stage.examples[i] for i in order.tolist()]
     # Its own generator: creating an iterator would otherwise draw from the global RNG (dropout's), which
     # a resumed run restores from the checkpoint before, not after, creating the iterator.
     generator = torch.Generator().manual_seed(stage.cfg.seed + epoch)
-    loader = DataLoader(data, batch_size=stage.cfg.batch_size, shuffle=False, collate_fn=stage.collate, generator=generator)
+    loader = DataLoader(
+        data, batch_size=stage.cfg.batch_size, shuffle=False, collate_fn=stage.collate, generator=generator
+    )
     return accelerator.prepare_data_loader(loader)
 
 
-def _log(accelerator, stage: Stage, step: int, total: int, epoch: int, loss: float, lr: float, metrics: dict) -> None:
+def _log(
+    accelerator, stage: Stage, step: int, total: int, epoch: int, loss: float, lr: float, metrics: dict
+) -> None:
     if not accelerator.is_main_process:
         return
     if step % stage.cfg.log_every == 0 or step == total or step == 1:
@@ -197,7 +217,9 @@ def _rng_state() -> dict[str, torch.Tensor]:
     return state
 
 
-def _save_checkpoint(path: Path, accelerator, model, optimizer, scheduler, step: int, epoch: int, micro: int) -> None:
+def _save_checkpoint(
+    path: Path, accelerator, model, optimizer, scheduler, step: int, epoch: int, micro: int
+) -> None:
     # Every process adds its own RNG state (dropout masks differ per process and device) to a staging
     # folder; the main process adds the rest and swaps the folder in.
     staging = path.with_name(f".{path.name}.staging")
@@ -217,8 +239,12 @@ def _save_checkpoint(path: Path, accelerator, model, optimizer, scheduler, step:
                     tensors[f"{idx}.{key}"] = value.detach().cpu().contiguous()
                 else:
                     scalars[f"{idx}.{key}"] = value
-        save_safetensors(staging / "trainable.safetensors", trainable_state(accelerator.unwrap_model(model)), checksum=True)
-        save_safetensors(staging / "optimizer.safetensors", tensors or {"_empty": torch.zeros(0)}, checksum=True)
+        save_safetensors(
+            staging / "trainable.safetensors", trainable_state(accelerator.unwrap_model(model)), checksum=True
+        )
+        save_safetensors(
+            staging / "optimizer.safetensors", tensors or {"_empty": torch.zeros(0)}, checksum=True
+        )
         state = {
             "step": step,
             "epoch": epoch,
@@ -243,11 +269,15 @@ def _load_checkpoint(path: Path, accelerator, model, optimizer, scheduler) -> tu
     # Every process reads every file (the RNG states of the others too, which are small), so damage to any
     # one stops all of them here, not one while the others wait at their next collective.
     weights, optimizer_tensors = _read(path / "trainable.safetensors"), _read(path / "optimizer.safetensors")
-    rng = [_read(path / f"rng_{i}.safetensors") for i in range(accelerator.num_processes)][accelerator.process_index]
+    rng = [_read(path / f"rng_{i}.safetensors") for i in range(accelerator.num_processes)][
+        accelerator.process_index
+    ]
     named = dict(accelerator.unwrap_model(model).named_parameters())
     missing = [n for n, p in named.items() if p.requires_grad and n not in weights]
     if missing:
-        raise ConfigError(f"{path}: checkpoint lacks trainable parameters {missing[:3]}; delete it to start over")
+        raise ConfigError(
+            f"{path}: checkpoint lacks trainable parameters {missing[:3]}; delete it to start over"
+        )
     with torch.no_grad():
         for name, value in weights.items():
             named[name].copy_(value)

@@ -60,7 +60,9 @@ def prompt_ids(tokenizer, prompt: str, system: str | None = None) -> list[int]:
     return _ids(tokenizer, messages(prompt, system), add_generation_prompt=True)
 
 
-def _answered_ids(tokenizer, prompt: list[int], text: str, system: str | None, response: str, where: str) -> list[int]:
+def _answered_ids(
+    tokenizer, prompt: list[int], text: str, system: str | None, response: str, where: str
+) -> list[int]:
     """Token ids of the chat with ``response`` as the assistant's answer; they must start with the
     prompt's own ids (``prompt``), or the answer's tokens could not be told apart from the prompt's."""
     full = _ids(tokenizer, messages(text, system, response), add_generation_prompt=False)
@@ -75,7 +77,9 @@ def _answered_ids(tokenizer, prompt: list[int], text: str, system: str | None, r
 def encode_sft(example: SFTExample, tokenizer, max_length: int) -> dict[str, list[int]] | None:
     """input_ids and labels for one example, the prompt masked out; None when no response token fits."""
     prompt = prompt_ids(tokenizer, example.prompt, example.system)
-    full = _answered_ids(tokenizer, prompt, example.prompt, example.system, example.response, example.source or "example")
+    full = _answered_ids(
+        tokenizer, prompt, example.prompt, example.system, example.response, example.source or "example"
+    )
     full = full[:max_length]
     labels = [IGNORE] * len(prompt) + full[len(prompt) :]
     labels = labels[: len(full)]
@@ -88,7 +92,12 @@ def encode_all(examples: Sequence[SFTExample], tokenizer, max_length: int) -> li
     encoded = [encode_sft(e, tokenizer, max_length) for e in examples]
     kept = [e for e in encoded if e is not None]
     if len(kept) < len(encoded):
-        log.warning("%d of %d examples dropped: the prompt alone fills max_length=%d", len(encoded) - len(kept), len(encoded), max_length)
+        log.warning(
+            "%d of %d examples dropped: the prompt alone fills max_length=%d",
+            len(encoded) - len(kept),
+            len(encoded),
+            max_length,
+        )
     if not kept:
         where = examples[0].source if examples else "the data"
         raise DataError(f"{where}: no example has room for a response within max_length={max_length}")
@@ -112,13 +121,17 @@ def encode_pair(pair: PreferencePair, tokenizer, max_length: int, *, from_diverg
     usually means a data bug.
     """
     if pair.chosen == pair.rejected:
-        raise DataError(f"{pair.source or 'a preference pair'}: fields 'chosen' and 'rejected' hold the same response")
+        raise DataError(
+            f"{pair.source or 'a preference pair'}: fields 'chosen' and 'rejected' hold the same response"
+        )
     prompt = prompt_ids(tokenizer, pair.prompt, pair.system)
     if len(prompt) >= max_length:
         return None
     where = pair.source or "a preference pair"
     sides = {
-        side: _answered_ids(tokenizer, prompt, pair.prompt, pair.system, getattr(pair, side), where)[:max_length]
+        side: _answered_ids(tokenizer, prompt, pair.prompt, pair.system, getattr(pair, side), where)[
+            :max_length
+        ]
         for side in ("chosen", "rejected")
     }
     start = len(prompt)
@@ -137,15 +150,19 @@ def encode_pair(pair: PreferencePair, tokenizer, max_length: int, *, from_diverg
         if score is None:
             raise DataError(f"{pair.source or 'a preference pair'}: field '{side}_score' is missing")
         if not math.isfinite(score) or abs(score) > FLOAT32_MAX:  # the loss reads scores as float32
-            raise DataError(f"{pair.source or 'a preference pair'}: field '{side}_score' is {score}, not a finite "
-                            "float32 number")
+            raise DataError(
+                f"{pair.source or 'a preference pair'}: field '{side}_score' is {score}, not a finite "
+                "float32 number"
+            )
         out[f"{side}_score"] = float(score)
     return out
 
 
 def encode_pairs(pairs: Sequence[PreferencePair], tokenizer, max_length: int, *, from_divergence: bool = False,
                  scores: bool = False) -> list[dict]:  # fmt: skip
-    encoded = [encode_pair(p, tokenizer, max_length, from_divergence=from_divergence, scores=scores) for p in pairs]
+    encoded = [
+        encode_pair(p, tokenizer, max_length, from_divergence=from_divergence, scores=scores) for p in pairs
+    ]
     kept = [e for e in encoded if e is not None]
     if len(kept) < len(encoded):
         log.warning(
@@ -154,7 +171,9 @@ def encode_pairs(pairs: Sequence[PreferencePair], tokenizer, max_length: int, *,
         )  # fmt: skip
     if not kept:
         where = pairs[0].source if pairs else "the data"
-        raise DataError(f"{where}: no preference pair has room for differing responses within max_length={max_length}")
+        raise DataError(
+            f"{where}: no preference pair has room for differing responses within max_length={max_length}"
+        )
     return kept
 
 
@@ -197,7 +216,11 @@ def left_padded_prompts(
     """Chat-formatted prompts (a string, or a whole conversation as messages), left-padded so every
     row's answer starts at the same column, as batched generation needs."""
     rows = [
-        {"input_ids": prompt_ids(tokenizer, p, system) if isinstance(p, str) else _ids(tokenizer, _with_system(p, system), add_generation_prompt=True)}
+        {
+            "input_ids": prompt_ids(tokenizer, p, system)
+            if isinstance(p, str)
+            else _ids(tokenizer, _with_system(p, system), add_generation_prompt=True)
+        }
         for p in prompts
     ]
     batch = tokenizer.pad(rows, padding=True, padding_side="left", return_tensors="pt")

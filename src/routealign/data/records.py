@@ -57,4 +57,6 @@ class PromptItem:
 
     def __post_init__(self) -> None:
         if self.label not in ("harmful", "benign"):
-            raise ValueError(f"{self.source or 'PromptItem'}: label must be 'harmful' or 'benign', got {self.label!r}")
+            raise ValueError(
+                f"{self.source or 'PromptItem'}: label must be 'harmful' or 'benign', got {self.label!r}"
+            )

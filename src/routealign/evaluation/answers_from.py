@@ -52,14 +52,18 @@ def earlier_run(answers_from: str, rows: list[dict], capability: Sequence[Any], 
         if not path.is_file():
             raise ConfigError(f"answers_from: {path} is missing (give a routealign eval output folder)")
     if not cache_file.is_file():
-        raise ConfigError(f"answers_from: {cache_file} is missing: the answers are read from a run's answer cache "
-                          "(a folder that an older routealign judged from another's answers has none: give the "
-                          "folder that generated them)")
+        raise ConfigError(
+            f"answers_from: {cache_file} is missing: the answers are read from a run's answer cache "
+            "(a folder that an older routealign judged from another's answers has none: give the "
+            "folder that generated them)"
+        )
     run, fingerprint_id, settings = _summary(summary)
     recorded = run.get("samples_sha256")
     if recorded is not None and hashlib.sha256(samples.read_bytes()).hexdigest() != recorded:
-        raise DataError(f"answers_from: {samples} changed after that run wrote it (its SHA-256 is not the one "
-                        f"{summary} records)")
+        raise DataError(
+            f"answers_from: {samples} changed after that run wrote it (its SHA-256 is not the one "
+            f"{summary} records)"
+        )
     found, by_benchmark = _samples(samples)
     cache = GenerationCache(cache_file)
     answers = []
@@ -71,10 +75,14 @@ def earlier_run(answers_from: str, rows: list[dict], capability: Sequence[Any], 
             raise DataError(f"answers_from: {samples} has no answer for {what}")
         if earlier.get("prompt") != row["prompt"]:
             raise DataError(f"answers_from: {samples}: {what} was asked a different prompt there")
-        record = cache.entries.get(GenerationCache.key(fingerprint_id, settings, row["_messages"] or row["prompt"]))
+        record = cache.entries.get(
+            GenerationCache.key(fingerprint_id, settings, row["_messages"] or row["prompt"])
+        )
         if record is None:
-            raise DataError(f"answers_from: {cache_file} holds no answer to {what} by the model whose fingerprint "
-                            f"{summary} records ({fingerprint_id}) with its generation settings")
+            raise DataError(
+                f"answers_from: {cache_file} holds no answer to {what} by the model whose fingerprint "
+                f"{summary} records ({fingerprint_id}) with its generation settings"
+            )
         if record.get("response") != earlier["response"]:
             raise DataError(f"answers_from: {what}: the answer in {samples} is not the one in {cache_file}")
         answers.append({"response": record["response"], "routing": record.get("routing"), "record": record})
@@ -103,8 +111,10 @@ def earlier_run(answers_from: str, rows: list[dict], capability: Sequence[Any], 
             theirs["max_new_tokens"] = earlier_cfg.get("generation", {}).get("max_new_tokens")
         if ours != theirs:
             changed = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
-            raise ConfigError(f"answers_from: {name!r} was run with other settings there ({', '.join(changed)}); "
-                              "give it the same settings or leave it out")
+            raise ConfigError(
+                f"answers_from: {name!r} was run with other settings there ({', '.join(changed)}); "
+                "give it the same settings or leave it out"
+            )
         capability_rows += by_benchmark[name]
     return EarlierRun(str(folder), answers, capability_rows, run, asdict(settings))
 
@@ -120,8 +130,10 @@ def _summary(path: Path) -> tuple[dict, str, GenerationSettings]:
         earlier = run.get("answers_from") or {}
         settings = GenerationSettings(**(earlier.get("generation") or run["config"]["generation"]))
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise DataError(f"answers_from: {path}: not a routealign summary with a fingerprint and generation "
-                        f"settings ({type(e).__name__}: {e})") from None
+        raise DataError(
+            f"answers_from: {path}: not a routealign summary with a fingerprint and generation "
+            f"settings ({type(e).__name__}: {e})"
+        ) from None
     # The id is a digest of the parts beside it (a served model's: its URL and name), so neither can be
     # edited alone; the cache lookup then shows whether the answers are that model's.
     kind = fingerprint.get("kind")
@@ -143,14 +155,18 @@ def _samples(samples: Path) -> tuple[dict[tuple, dict], dict[str, list[dict]]]:
             try:
                 row = json.loads(line)
                 by_benchmark.setdefault(row["benchmark"], []).append(row)
-                key = None if row["kind"] == "capability" else (row["benchmark"], str(row["id"]), row["attack"])
+                key = (
+                    None if row["kind"] == "capability" else (row["benchmark"], str(row["id"]), row["attack"])
+                )
                 if key is not None and not isinstance(row["response"], str):
                     raise TypeError("field 'response' must be a string")
             except (ValueError, KeyError, TypeError) as e:
                 raise DataError(f"{samples}, line {n}: not a routealign sample row ({e})") from None
             if key in found:
-                raise DataError(f"{samples}, line {n}: benchmark {key[0]!r}, item {key[1]!r}, attack {key[2]!r} "
-                                "appears twice")
+                raise DataError(
+                    f"{samples}, line {n}: benchmark {key[0]!r}, item {key[1]!r}, attack {key[2]!r} "
+                    "appears twice"
+                )
             if key is not None:
                 found[key] = row
     return found, by_benchmark

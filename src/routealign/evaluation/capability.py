@@ -663,7 +663,9 @@ PROGRESS_BATCHES = 8
 """With a ``progress`` callback, items are scored this many batches at a time, reported after each."""
 
 
-def _scored(score: Callable[[Sequence], CapabilityResult], items: Sequence, o: CapabilityOptions) -> list[dict]:
+def _scored(
+    score: Callable[[Sequence], CapabilityResult], items: Sequence, o: CapabilityOptions
+) -> list[dict]:
     """The rows of ``score(items)``; with ``o.progress``, scored a chunk of items at a time."""
     if o.progress is None:
         return score(items).rows
@@ -744,7 +746,15 @@ def run_capability(
     if name != "mmlu" and (subjects or chat):
         raise ValueError("subjects and chat apply to mmlu only")
     options = CapabilityOptions(
-        path, limit, seed, shots, batch_size, max_new_tokens, tuple(subjects) if subjects else None, chat, progress
+        path,
+        limit,
+        seed,
+        shots,
+        batch_size,
+        max_new_tokens,
+        tuple(subjects) if subjects else None,
+        chat,
+        progress,
     )
     return CAPABILITIES[name](model, tokenizer, options)
 

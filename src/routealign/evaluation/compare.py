@@ -92,7 +92,9 @@ def compare_runs(
     summaries = [load_summary(d) for d in run_dirs]
     labels = run_labels(run_dirs, summaries)
     samples = [load_samples(d / SAMPLES) if (d / SAMPLES).is_file() else None for d in run_dirs]
-    differences, notes = _differences(summaries, samples, labels, run_dirs)  # refuses unpaired items before writing
+    differences, notes = _differences(
+        summaries, samples, labels, run_dirs
+    )  # refuses unpaired items before writing
     pareto = pareto_reading(summaries, samples, labels, helpfulness)
     corrected = _corrected(summaries, samples, labels, error) if error is not None else None
 
@@ -161,7 +163,10 @@ def run_labels(run_dirs: Sequence[Path], summaries: Sequence[dict]) -> list[str]
 
 
 def _differences(
-    summaries: Sequence[dict], samples: Sequence[list[dict] | None], labels: list[str], run_dirs: Sequence[Path]
+    summaries: Sequence[dict],
+    samples: Sequence[list[dict] | None],
+    labels: list[str],
+    run_dirs: Sequence[Path],
 ) -> tuple[dict[str, dict], dict[str, str]]:
     """Label → paired differences against the first run, and label → why a run could not be paired."""
     folders = dict(zip(labels, run_dirs, strict=True))
@@ -178,11 +183,15 @@ def _differences(
                 differences[label] = paired_differences(ref_rows, rows, ref_name=ref_label, name=label, policy=policy,
                                                         **resampling_of(summaries[0]))  # fmt: skip
             except DataError as e:
-                raise DataError(f"{folders[label] / SAMPLES} against {folders[ref_label] / SAMPLES}: {e}") from None
+                raise DataError(
+                    f"{folders[label] / SAMPLES} against {folders[ref_label] / SAMPLES}: {e}"
+                ) from None
     return differences, notes
 
 
-def _differences_section(differences: dict[str, dict], labels: list[str], notes: dict[str, str]) -> list[Block]:
+def _differences_section(
+    differences: dict[str, dict], labels: list[str], notes: dict[str, str]
+) -> list[Block]:
     blocks: list[Block] = [Heading(2, f"Paired differences against {labels[0]}")]
     if notes:
         blocks.append(Text("Not paired: " + "; ".join(f"{lab} ({why})" for lab, why in notes.items()) + ".",
@@ -195,7 +204,11 @@ def _differences_section(differences: dict[str, dict], labels: list[str], notes:
     blocks += [differences_table(differences, labels[0]), Text(DIFFERENCES)]
     left_out = sorted({b for r in runs for b in differences[r]["left_out"]})
     if left_out:
-        blocks.append(Text(f"Benchmarks not in both runs of a pair, left out of its differences: {', '.join(left_out)}."))
+        blocks.append(
+            Text(
+                f"Benchmarks not in both runs of a pair, left out of its differences: {', '.join(left_out)}."
+            )
+        )
     return blocks
 
 
@@ -211,7 +224,12 @@ def _axes(overall: dict, helpfulness: str) -> tuple[dict | None, dict | None]:
     over = overall.get("over_refusal_rate")
     if not over or over.get("value") is None:
         return None, safety
-    return {"value": 1 - over["value"], "low": 1 - over["high"], "high": 1 - over["low"], "n": over["n"]}, safety
+    return {
+        "value": 1 - over["value"],
+        "low": 1 - over["high"],
+        "high": 1 - over["low"],
+        "n": over["n"],
+    }, safety
 
 
 def pareto_reading(
@@ -237,7 +255,9 @@ def pareto_reading(
                 continue
             by.append(other)
             if rows[lab] is not None and rows[other] is not None and policy[lab] == policy[other]:
-                gains = _paired_gains(rows[lab], rows[other], lab, other, policy[lab], helpfulness, resampling[lab])
+                gains = _paired_gains(
+                    rows[lab], rows[other], lab, other, policy[lab], helpfulness, resampling[lab]
+                )
                 if gains and all(g is not None and (g["low"] > 0 or _alike(g)) for g in gains) and \
                         any(g["low"] > 0 for g in gains):  # fmt: skip
                     confident.append(other)
@@ -245,7 +265,12 @@ def pareto_reading(
         standing[lab] = {"helpfulness": x, "safety": y, "status": status, "dominated_by": by,
                          "with_confidence_by": confident}  # fmt: skip
     left_out = [lab for lab in labels if lab not in points]
-    return {"safety": "safe_response_rate", "helpfulness": helpfulness, "runs": standing, "not_plotted": left_out}
+    return {
+        "safety": "safe_response_rate",
+        "helpfulness": helpfulness,
+        "runs": standing,
+        "not_plotted": left_out,
+    }
 
 
 def _alike(d: dict) -> bool:
@@ -257,7 +282,9 @@ def _paired_gains(rows, other_rows, lab, other, policy, helpfulness, resampling)
     """other − run on both axes (helpfulness first), from the paired differences on the benchmarks they
     share; [] when their items differ."""
     try:
-        overall = paired_differences(rows, other_rows, ref_name=lab, name=other, policy=policy, **resampling)["overall"]
+        overall = paired_differences(rows, other_rows, ref_name=lab, name=other, policy=policy, **resampling)[
+            "overall"
+        ]
     except DataError:
         return []
     if helpfulness == "informativeness":
@@ -314,13 +341,17 @@ def _pareto_section(pareto: dict, labels: list[str]) -> list[Block]:
         for lab, r in runs.items():
             who = ", ".join(r["with_confidence_by"] or r["dominated_by"]) or MISSING
             rows.append([lab, fmt_pct(r["safety"]), fmt_x(r["helpfulness"]), r["status"], who])
-        x_name = "Informativeness" if pareto["helpfulness"] == "informativeness" else "Benign prompts answered"
+        x_name = (
+            "Informativeness" if pareto["helpfulness"] == "informativeness" else "Benign prompts answered"
+        )
         blocks += [Table(["Run", "Safe-response rate", x_name, "Standing", "Dominated by"], rows),
                    Text("Dominated: another run is at least as good on both axes and better on one (point estimates). "
                         "With confidence: besides, its paired advantage has a 95% interval above 0 on both axes, or on "
                         "one with the two runs alike on every item of the other.")]  # fmt: skip
     if pareto["not_plotted"]:
-        blocks.append(Text(f"Not plotted (no harmful or no helpfulness measure): {', '.join(pareto['not_plotted'])}."))
+        blocks.append(
+            Text(f"Not plotted (no harmful or no helpfulness measure): {', '.join(pareto['not_plotted'])}.")
+        )
     return blocks
 
 
@@ -375,7 +406,9 @@ def _compare_headline(summaries: Sequence[dict], labels: list[str]) -> Table:
     return Table(["Metric", *labels], table_rows)
 
 
-def _compare_benchmarks(summaries: Sequence[dict], labels: list[str], differences: dict[str, dict]) -> list[Block]:
+def _compare_benchmarks(
+    summaries: Sequence[dict], labels: list[str], differences: dict[str, dict]
+) -> list[Block]:
     names: list[str] = []
     for s in summaries:
         names += [b for b in ordered_benchmarks(s["benchmarks"]) if b not in names]
@@ -450,5 +483,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if record["differences"]:
         print(f"paired differences against {record['reference']}:")
         print(render_markdown([differences_table(record["differences"], record["reference"])], ""))
-    print(f"comparison of {len(record['runs'])} runs written to {md_path}, {html_path} and {md_path.parent / 'compare.json'}")
+    print(
+        f"comparison of {len(record['runs'])} runs written to {md_path}, {html_path} and {md_path.parent / 'compare.json'}"
+    )
     return 0

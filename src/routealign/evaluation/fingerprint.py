@@ -42,13 +42,25 @@ from ..io import cache_dir, sha256_file
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILES = (
-    "*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json", "*.pt", "*.pth",
-    "config.json", "generation_config.json", "tokenizer*", "special_tokens_map.json", "added_tokens.json",
-    "vocab.*", "merges.txt", "*.tiktoken", "chat_template.*", "*.py",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "*.bin",
+    "*.bin.index.json",
+    "*.pt",
+    "*.pth",
+    "config.json",
+    "generation_config.json",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.*",
+    "merges.txt",
+    "*.tiktoken",
+    "chat_template.*",
+    "*.py",
 )
 """Files of a checkpoint folder that decide its answers (top level only: ``checkpoint-*/`` subfolders of a
 trainer's output are not the model). A named ``gguf_file`` is added to them."""
-
 
 
 @dataclass(frozen=True)
@@ -89,7 +101,11 @@ def file_sha256(path: str | os.PathLike) -> str:
     except (OSError, ValueError):
         pass  # no memo yet, or an unreadable one: hash again
     if st.st_size > 1 << 30:
-        log.info("hashing %s (%.1f GB) for the answer cache; remembered until the file changes", path, st.st_size / 1e9)
+        log.info(
+            "hashing %s (%.1f GB) for the answer cache; remembered until the file changes",
+            path,
+            st.st_size / 1e9,
+        )
     digest = sha256_file(path)
     try:
         atomic_write_json(memo, {"key": key, "sha256": digest})
@@ -116,8 +132,10 @@ def _visible_files(folder: Path, *, recursive: bool) -> list[Path]:
     """Files under ``folder`` but hidden ones (locks, temporaries of atomic writes) and Markdown notes."""
     pattern = "**/*" if recursive else "*"
     return sorted(
-        p for p in folder.glob(pattern)
-        if p.is_file() and p.suffix != ".md"
+        p
+        for p in folder.glob(pattern)
+        if p.is_file()
+        and p.suffix != ".md"
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
 
@@ -152,8 +170,9 @@ def hub_commit(repo_id: str, revision: str | None, filename: str = "config.json"
     return None
 
 
-def model_source(name_or_path: str, *, revision: str | None = None, gguf_file: str | None = None,
-                 model=None) -> dict:
+def model_source(
+    name_or_path: str, *, revision: str | None = None, gguf_file: str | None = None, model=None
+) -> dict:
     """Where the base weights come from: a local folder's file digests, or a hub id and its commit."""
     from ..models.loading import resolve
 
@@ -162,13 +181,18 @@ def model_source(name_or_path: str, *, revision: str | None = None, gguf_file: s
         folder = Path(resolved).expanduser()
         files = checkpoint_files(folder, gguf_file)
         if not files:
-            raise FileNotFoundError(f"{folder}: no checkpoint files to fingerprint ({', '.join(CHECKPOINT_FILES)})")
+            raise FileNotFoundError(
+                f"{folder}: no checkpoint files to fingerprint ({', '.join(CHECKPOINT_FILES)})"
+            )
         return {"local": files_digest(folder, files)}
     commit = hub_commit(name_or_path, revision)
     if commit is None and model is not None:  # transformers < 5 records the commit on the config
         commit = getattr(getattr(model, "config", None), "_commit_hash", None)
     if commit is None:
-        log.warning("%s: the hub commit is unknown; cached answers are keyed by the id and revision only", name_or_path)
+        log.warning(
+            "%s: the hub commit is unknown; cached answers are keyed by the id and revision only",
+            name_or_path,
+        )
     source = {"hub": name_or_path, "revision": revision, "commit": commit}
     if gguf_file:
         source["gguf_file"] = gguf_file
@@ -217,7 +241,9 @@ def chat_template_sha256(tokenizer) -> str | None:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def hf_fingerprint(model, tokenizer, model_cfg, *, adapter: str | None = None, artifact: str | None = None) -> Fingerprint:
+def hf_fingerprint(
+    model, tokenizer, model_cfg, *, adapter: str | None = None, artifact: str | None = None
+) -> Fingerprint:
     """Fingerprint of a loaded transformers model: ``model_cfg`` (a ``ModelConfig``) names the base
     weights; ``adapter`` a PEFT adapter on top; ``artifact`` a routealign artifact (whose manifest names
     the base model, so ``model_cfg`` is then read from it)."""
@@ -234,8 +260,9 @@ def hf_fingerprint(model, tokenizer, model_cfg, *, adapter: str | None = None, a
     elif adapter:
         parts = {"kind": "peft", "adapter": adapter_source(adapter)}
         packages.append("peft")
-    parts["model"] = model_source(model_cfg.name_or_path, revision=model_cfg.revision, gguf_file=model_cfg.gguf_file,
-                                  model=model)
+    parts["model"] = model_source(
+        model_cfg.name_or_path, revision=model_cfg.revision, gguf_file=model_cfg.gguf_file, model=model
+    )
     dtype = getattr(model, "dtype", None)
     if not isinstance(dtype, torch.dtype):
         dtype = next(model.parameters()).dtype
@@ -251,7 +278,9 @@ def hf_fingerprint(model, tokenizer, model_cfg, *, adapter: str | None = None, a
 
 def api_fingerprint(base_url: str, model: str) -> Fingerprint:
     """A served model: only what the client knows (the server's weights are out of sight)."""
-    return Fingerprint({"kind": "api", "base_url": _without_credentials(base_url.rstrip("/")), "model": model})
+    return Fingerprint(
+        {"kind": "api", "base_url": _without_credentials(base_url.rstrip("/")), "model": model}
+    )
 
 
 def _without_credentials(url: str) -> str:

@@ -72,19 +72,31 @@ class HFBackend:
     def __init__(self, model, tokenizer, model_id: str):
         self.model, self.tokenizer, self.id = model, tokenizer, model_id
 
-    def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings, progress: Progress | None = None) -> list[dict]:
+    def generate(
+        self, prompts: Sequence[Prompt], settings: GenerationSettings, progress: Progress | None = None
+    ) -> list[dict]:
         from ..generation import generate
 
         def report(batch) -> None:  # ``tokens``: one decoded piece per generated token, up to the end
             progress(len(batch), sum(len(g.tokens) for g in batch))
 
         gens = generate(
-            self.model, self.tokenizer, prompts, max_new_tokens=settings.max_new_tokens,
-            batch_size=settings.batch_size, do_sample=settings.do_sample, temperature=settings.temperature,
-            top_p=settings.top_p, seed=settings.seed, system=settings.system, routing=True,
+            self.model,
+            self.tokenizer,
+            prompts,
+            max_new_tokens=settings.max_new_tokens,
+            batch_size=settings.batch_size,
+            do_sample=settings.do_sample,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            seed=settings.seed,
+            system=settings.system,
+            routing=True,
             on_batch=report if progress is not None else None,
         )
-        return [{"response": g.text, "routing": route_shares(g.routes), "tokens": len(g.tokens)} for g in gens]
+        return [
+            {"response": g.text, "routing": route_shares(g.routes), "tokens": len(g.tokens)} for g in gens
+        ]
 
 
 def route_shares(routes: list[str] | None) -> dict[str, float] | None:
@@ -105,12 +117,25 @@ class OpenAIBackend:
     the base URL and the model name: the weights behind them cannot be seen from here.
     """
 
-    def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY", timeout: float = 120.0,
-                 max_retries: int = 4, backoff: float = 1.0):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout: float = 120.0,
+        max_retries: int = 4,
+        backoff: float = 1.0,
+    ):
         from .fingerprint import api_fingerprint
 
         self.base_url, self.model = base_url.rstrip("/"), model
-        self.api_key_env, self.timeout, self.max_retries, self.backoff = api_key_env, timeout, max_retries, backoff
+        self.api_key_env, self.timeout, self.max_retries, self.backoff = (
+            api_key_env,
+            timeout,
+            max_retries,
+            backoff,
+        )
         # Credentials in the URL (https://user:key@host) stay out of the id, which summaries record.
         self.id = f"openai:{api_fingerprint(self.base_url, model).parts['base_url']}:{model}"
 
@@ -120,15 +145,28 @@ class OpenAIBackend:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
         if settings.system:
             messages = [{"role": "system", "content": settings.system}, *messages]
-        body = {"model": self.model, "messages": messages, "max_tokens": settings.max_new_tokens,
-                "temperature": settings.temperature if settings.do_sample else 0.0}
+        body = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": settings.max_new_tokens,
+            "temperature": settings.temperature if settings.do_sample else 0.0,
+        }
         if settings.do_sample:
             body.update(top_p=settings.top_p, seed=settings.seed + index)
-        text = chat_completion(self.base_url, body, api_key_env=self.api_key_env, timeout=self.timeout,
-                               max_retries=self.max_retries, backoff=self.backoff, who="generation")
+        text = chat_completion(
+            self.base_url,
+            body,
+            api_key_env=self.api_key_env,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+            backoff=self.backoff,
+            who="generation",
+        )
         return {"response": text.strip(), "routing": None}
 
-    def generate(self, prompts: Sequence[Prompt], settings: GenerationSettings, progress: Progress | None = None) -> list[dict]:
+    def generate(
+        self, prompts: Sequence[Prompt], settings: GenerationSettings, progress: Progress | None = None
+    ) -> list[dict]:
         from concurrent.futures import ThreadPoolExecutor
 
         def one(ip: tuple[int, Prompt]) -> dict:
@@ -158,7 +196,9 @@ class GenerationCache:
                         record = json.loads(line)
                         self.entries[record["key"]] = record
                     except (json.JSONDecodeError, KeyError, TypeError):
-                        log.warning("%s, line %d: unreadable cache record skipped (a torn write?)", self.path, n)
+                        log.warning(
+                            "%s, line %d: unreadable cache record skipped (a torn write?)", self.path, n
+                        )
 
     @staticmethod
     def key(backend_id: str, settings: GenerationSettings, prompt: Prompt) -> str:
@@ -189,8 +229,14 @@ def process_state():
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
-def generate_all(backend, prompts: Sequence[Prompt], settings: GenerationSettings, cache: GenerationCache | None = None,
-                 *, progress: str = "") -> list[dict]:
+def generate_all(
+    backend,
+    prompts: Sequence[Prompt],
+    settings: GenerationSettings,
+    cache: GenerationCache | None = None,
+    *,
+    progress: str = "",
+) -> list[dict]:
     """``{response, routing, cached}`` per prompt, in order, generating only what the cache lacks.
 
     ``progress``: the label of a progress bar over the prompts to generate (none when empty).
@@ -209,14 +255,18 @@ def generate_all(backend, prompts: Sequence[Prompt], settings: GenerationSetting
     bar = None
     if progress and state.is_main_process:
         if len(missing) < len(set(keys)):
-            log.info("%s: %d of %d answers from the cache", progress, len(set(keys)) - len(missing), len(set(keys)))
+            log.info(
+                "%s: %d of %d answers from the cache", progress, len(set(keys)) - len(missing), len(set(keys))
+            )
         bar = _Progress(progress, len(missing), state.num_processes) if missing else None
     try:
         for start in range(0, len(missing), step):
             chunk = missing[start : start + step]
             with state.split_between_processes(chunk) as mine:
                 report = bar.batch if bar is not None else None
-                answers = backend.generate([by_key[k] for k in mine], settings, progress=report) if mine else []
+                answers = (
+                    backend.generate([by_key[k] for k in mine], settings, progress=report) if mine else []
+                )
                 records = [{"key": k, **a} for k, a in zip(mine, answers, strict=True)]
             if state.num_processes > 1:
                 records = gather_object(records)
@@ -229,8 +279,11 @@ def generate_all(backend, prompts: Sequence[Prompt], settings: GenerationSetting
         if bar is not None:
             bar.close()
     return [
-        {"response": (new.get(k) or known[k])["response"], "routing": (new.get(k) or known[k]).get("routing"),
-         "cached": k not in new}
+        {
+            "response": (new.get(k) or known[k])["response"],
+            "routing": (new.get(k) or known[k]).get("routing"),
+            "cached": k not in new,
+        }
         for k in keys
     ]
 

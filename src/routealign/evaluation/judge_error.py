@@ -82,7 +82,9 @@ def load_judge_error(path: str | os.PathLike) -> dict:
         for key in COUNTS:
             value = counts.get(key) if isinstance(counts, dict) else None
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise DataError(f"{path}: field '{question}.{key}' must be a count (an integer ≥ 0), got {value!r}")
+                raise DataError(
+                    f"{path}: field '{question}.{key}' must be a count (an integer ≥ 0), got {value!r}"
+                )
         if not counts["tp"] + counts["fn"] or not counts["tn"] + counts["fp"]:
             raise DataError(f"{path}: '{question}': the label set has no {'positive' if not counts['tp'] + counts['fn'] else 'negative'} "
                             "answers, so the judge's error on them was not measured")  # fmt: skip
@@ -132,7 +134,9 @@ def corrected_rate(
     sp_draws = rng.beta(counts["tn"] + 0.5, counts["fp"] + 0.5, size=n_resamples)
     usable = se_draws + sp_draws > 1  # a draw where the judge looks no better than chance corrects nothing
     if not usable.any():
-        raise DataError("judge error: in every draw the judge is no better than chance; nothing can be corrected")
+        raise DataError(
+            "judge error: in every draw the judge is no better than chance; nothing can be corrected"
+        )
     draws = _rogan_gladen(judged[usable], se_draws[usable], sp_draws[usable])
     value = float(_rogan_gladen(np.array([judged_rate]), np.array([se]), np.array([sp]))[0])
     low, high = (float(q) for q in np.quantile(draws, [alpha / 2, 1 - alpha / 2]))
@@ -153,7 +157,9 @@ def corrected_metrics(rows: Sequence[dict], summary: dict, error: dict) -> dict[
     if judge != error["judge"]:
         raise ConfigError(f"--judge-error {error['path']}: measured for judge {error['judge']!r}, but this run was "
                           f"judged by {judge!r}; a correction only holds for the judge it was measured on")  # fmt: skip
-    kept = counted([r for r in rows if r["kind"] != "capability"], summary.get("unparseable_policy", "exclude"))
+    kept = counted(
+        [r for r in rows if r["kind"] != "capability"], summary.get("unparseable_policy", "exclude")
+    )
     out = {}
     for metric, (question, complement) in CORRECTED.items():
         if question not in error:
@@ -161,6 +167,7 @@ def corrected_metrics(rows: Sequence[dict], summary: dict, error: dict) -> dict[
         among, _ = RATES["overall"][metric]
         taken = [r for r in kept if among(r)]
         values = [1.0 if r[question] else 0.0 for r in taken]
-        out[metric] = corrected_rate(values, prompt_clusters(taken), error[question], complement=complement,
-                                     **resampling_of(summary))
+        out[metric] = corrected_rate(
+            values, prompt_clusters(taken), error[question], complement=complement, **resampling_of(summary)
+        )
     return out

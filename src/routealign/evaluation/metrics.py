@@ -142,7 +142,9 @@ def bootstrap_ci(
     return {"value": value, "low": float(low), "high": float(high), "n": n}
 
 
-def _checked(caller: str, values: Sequence[float], clusters: Sequence[Hashable] | None, alpha: float) -> np.ndarray:
+def _checked(
+    caller: str, values: Sequence[float], clusters: Sequence[Hashable] | None, alpha: float
+) -> np.ndarray:
     """``values`` as a flat float array, after checking ``alpha`` and one cluster key per value."""
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"{caller}: alpha must be in (0, 1), got {alpha}")
@@ -164,7 +166,10 @@ def cluster_draws(k: int, n_resamples: int, seed: int) -> Iterator[tuple[int, np
 def resampling_of(summary: dict) -> dict:
     """The ``n_resamples`` and ``seed`` a summary's run was configured with (defaults 1000 and 0)."""
     config = (summary.get("run") or {}).get("config") or {}
-    return {"n_resamples": int(config.get("bootstrap_resamples") or 1000), "seed": int(config.get("seed") or 0)}
+    return {
+        "n_resamples": int(config.get("bootstrap_resamples") or 1000),
+        "seed": int(config.get("seed") or 0),
+    }
 
 
 def cluster_totals(
@@ -180,7 +185,9 @@ def cluster_totals(
     return np.bincount(codes, weights=x), np.bincount(codes).astype(np.float64)
 
 
-def proportion_ci(values: Sequence[float], *, clusters: Sequence[Hashable] | None = None, alpha: float = 0.05) -> dict:
+def proportion_ci(
+    values: Sequence[float], *, clusters: Sequence[Hashable] | None = None, alpha: float = 0.05
+) -> dict:
     """The share of ones among 0/1 ``values`` with its ``1 - alpha`` Wilson score interval, taken at the
     effective sample size of the cluster design (module docstring); same ``M`` dict as :func:`bootstrap_ci`.
 
@@ -541,9 +548,15 @@ def load_summary(run_dir: str | os.PathLike) -> dict:
         raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not isinstance(summary, dict) or not isinstance(summary.get("benchmarks"), dict):
         raise DataError(f"{path}: not a routealign summary (no 'benchmarks' object)")
-    odd = [name for name, block in summary["benchmarks"].items() if not isinstance(block, dict) or "kind" not in block]
+    odd = [
+        name
+        for name, block in summary["benchmarks"].items()
+        if not isinstance(block, dict) or "kind" not in block
+    ]
     if odd:
-        raise DataError(f"{path}: benchmarks {', '.join(map(repr, odd[:3]))} are not routealign benchmark summaries (no 'kind')")
+        raise DataError(
+            f"{path}: benchmarks {', '.join(map(repr, odd[:3]))} are not routealign benchmark summaries (no 'kind')"
+        )
     return summary
 
 

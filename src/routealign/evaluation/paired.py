@@ -82,7 +82,9 @@ def check_same_items(ref_rows: Sequence[dict], rows: Sequence[dict], ref_name: s
             continue
         other = items.get(key)
         if other is None:
-            raise DataError(f"cannot pair {name} with {ref_name}: {_what(key)} is in {ref_name} but not in {name}")
+            raise DataError(
+                f"cannot pair {name} with {ref_name}: {_what(key)} is in {ref_name} but not in {name}"
+            )
         asked, other_asked = _asked(row), _asked(other)
         if asked != other_asked:
             field = next(f for f in asked if asked[f] != other_asked.get(f))
@@ -90,7 +92,9 @@ def check_same_items(ref_rows: Sequence[dict], rows: Sequence[dict], ref_name: s
                             f"({_short(asked[field])} in {ref_name}, {_short(other_asked[field])} in {name})")  # fmt: skip
     for key in items:
         if key[0] in shared and key not in ref_items:
-            raise DataError(f"cannot pair {name} with {ref_name}: {_what(key)} is in {name} but not in {ref_name}")
+            raise DataError(
+                f"cannot pair {name} with {ref_name}: {_what(key)} is in {name} but not in {ref_name}"
+            )
     return shared
 
 
@@ -155,13 +159,22 @@ def difference(
     else:
         low = high = value
     shares = (float((diffs < 0).mean()), float((diffs > 0).mean())) if diffs.size else (0.0, 0.0)
-    return {"value": value, "low": low, "high": high, "clusters": k, "below_zero": shares[0], "above_zero": shares[1]}
+    return {
+        "value": value,
+        "low": low,
+        "high": high,
+        "clusters": k,
+        "below_zero": shares[0],
+        "above_zero": shares[1],
+    }
 
 
 def _totals(keys: Sequence[Hashable], values: Sequence[float], index: dict) -> tuple[np.ndarray, np.ndarray]:
     codes = np.fromiter((index[key] for key in keys), dtype=np.int64, count=len(keys))
     x = np.asarray(values, dtype=np.float64)
-    return np.bincount(codes, weights=x, minlength=len(index)), np.bincount(codes, minlength=len(index)).astype(np.float64)
+    return np.bincount(codes, weights=x, minlength=len(index)), np.bincount(
+        codes, minlength=len(index)
+    ).astype(np.float64)
 
 
 def _paired_resamples(s_a, m_a, s_b, m_b, n_resamples: int, seed: int) -> np.ndarray:
@@ -179,7 +192,10 @@ def _mover(s_a, m_a, s_b, m_b, alpha: float) -> tuple[float, float]:
     p_a, p_b = s_a.sum() / m_a.sum(), s_b.sum() / m_b.sum()
     l_a, u_a = rate_bounds(s_a[m_a > 0], m_a[m_a > 0], alpha)
     l_b, u_b = rate_bounds(s_b[m_b > 0], m_b[m_b > 0], alpha)
-    r_a, r_b = s_a - p_a * m_a, s_b - p_b * m_b  # linearised deviations per cluster (0 where a run has no rows)
+    r_a, r_b = (
+        s_a - p_a * m_a,
+        s_b - p_b * m_b,
+    )  # linearised deviations per cluster (0 where a run has no rows)
     var_a, var_b, cov = float(r_a @ r_a), float(r_b @ r_b), float(r_a @ r_b)
     if cov > 0:
         # Newcombe's continuity correction (ad − bc − N/2 in his 2 × 2 table, i.e. 1/2 off this sum for one
@@ -240,14 +256,18 @@ def paired_differences(
     differ is left out and explained in ``mismatched`` instead of refused.
     """
     if policy not in UNPARSEABLE_POLICIES:
-        raise ValueError(f"paired_differences: policy must be one of {', '.join(UNPARSEABLE_POLICIES)}, got {policy!r}")
+        raise ValueError(
+            f"paired_differences: policy must be one of {', '.join(UNPARSEABLE_POLICIES)}, got {policy!r}"
+        )
     shared, mismatched = _shared_benchmarks(ref_rows, rows, ref_name, name, skip_mismatched)
     named = {*shared, *mismatched}
     left_out = [b for b in dict.fromkeys(r["benchmark"] for r in (*ref_rows, *rows)) if b not in named]
     bs = {"n_resamples": n_resamples, "seed": seed}
     ref_rows = [r for r in ref_rows if r["benchmark"] in shared]
     rows = [r for r in rows if r["benchmark"] in shared]
-    unparseable = {item_key(r) for r in (*ref_rows, *rows) if is_unparseable(r)} if policy == "exclude" else set()
+    unparseable = (
+        {item_key(r) for r in (*ref_rows, *rows) if is_unparseable(r)} if policy == "exclude" else set()
+    )
     ref_rows = counted([r for r in ref_rows if item_key(r) not in unparseable], policy)
     rows = counted([r for r in rows if item_key(r) not in unparseable], policy)
     benches_a = group_by(ref_rows, lambda r: r["benchmark"])
@@ -271,7 +291,9 @@ def paired_differences(
             block["informativeness"] = info(a, b)
         if kind == "harmful":
             attacks_a, attacks_b = group_by(a, attack_of), group_by(b, attack_of)
-            block["by_attack"] = {attack: rates("harmful", attacks_a[attack], attacks_b[attack]) for attack in attacks_a}
+            block["by_attack"] = {
+                attack: rates("harmful", attacks_a[attack], attacks_b[attack]) for attack in attacks_a
+            }
         benchmarks[bench] = block
     safety_a = [r for r in ref_rows if r["kind"] != "capability"]
     safety_b = [r for r in rows if r["kind"] != "capability"]

@@ -286,7 +286,11 @@ def judge_error_section(runs: dict[str, tuple[dict, dict]], error: dict) -> list
             continue
         for run, (summary, corrected) in runs.items():
             m = corrected.get(metric) or {}
-            cell = f"not corrected: {m['outside']} measured on {error['label_set']}" if m.get("outside") else fmt_pct(m)
+            cell = (
+                f"not corrected: {m['outside']} measured on {error['label_set']}"
+                if m.get("outside")
+                else fmt_pct(m)
+            )
             rows.append([names[metric], run, fmt_pct((summary.get("overall") or {}).get(metric)), cell])
     measured = []
     for question in ("harmful", "refused"):
@@ -410,7 +414,9 @@ def write_report(
     samples = load_samples(samples_path) if samples_path.is_file() else []
     run = summary.get("run") or {}
     name = str(run.get("name") or run_dir.name)
-    paired = _paired_with(reference, summary, samples, name) if reference is not None else summary.get("paired")
+    paired = (
+        _paired_with(reference, summary, samples, name) if reference is not None else summary.get("paired")
+    )
     title = f"routealign evaluation: {name}"
     blocks: list[Block] = [Heading(1, title), *_run_info(run)]
     blocks += [Heading(2, "Headline"), _headline_table(summary.get("overall") or {}), Text(INTERVALS)]
@@ -442,8 +448,14 @@ def _paired_with(reference: str | Path, summary: dict, samples: list[dict], name
     if not (folder / SAMPLES).is_file():
         raise DataError(f"--reference {folder}: no {SAMPLES} (is it a finished `routealign eval` run?)")
     ref_name = str((load_summary(folder).get("run") or {}).get("name") or folder.name)
-    return paired_differences(load_samples(folder / SAMPLES), samples, ref_name=ref_name, name=name,
-                              policy=summary.get("unparseable_policy", "exclude"), **resampling_of(summary))
+    return paired_differences(
+        load_samples(folder / SAMPLES),
+        samples,
+        ref_name=ref_name,
+        name=name,
+        policy=summary.get("unparseable_policy", "exclude"),
+        **resampling_of(summary),
+    )
 
 
 def _run_info(run: dict) -> list[Block]:
@@ -546,7 +558,8 @@ def _benchmark_section(name: str, bench: dict, policy: str | None = None) -> lis
 def _group_table(first: str, groups: dict, metrics: list[Metric]) -> Table:
     header = [first, "n", *(lab for lab, _, _ in metrics)]
     return Table(
-        header, [[g, text_or_dash(v.get("n")), *(fmt(v.get(k)) for _, k, fmt in metrics)] for g, v in groups.items()]
+        header,
+        [[g, text_or_dash(v.get("n")), *(fmt(v.get(k)) for _, k, fmt in metrics)] for g, v in groups.items()],
     )
 
 
@@ -661,6 +674,8 @@ def add_judge_error_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    md_path, html_path = write_report(args.run_dir, reference=args.reference, judge_error=args.judge_error)  # a bad run folder: ValueError, one line from the CLI
+    md_path, html_path = write_report(
+        args.run_dir, reference=args.reference, judge_error=args.judge_error
+    )  # a bad run folder: ValueError, one line from the CLI
     print(f"report written to {md_path} and {html_path}")
     return 0

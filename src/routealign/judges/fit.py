@@ -61,8 +61,12 @@ def fit(
     encoder = encoder or SentenceEncoder()
     declines = read_phrases(decline_phrases) if decline_phrases else []
     x = features(
-        encoder, [p.prompt for p in train], [p.response for p in train], head_tokens,
-        signals=signals, declines=declines,
+        encoder,
+        [p.prompt for p in train],
+        [p.response for p in train],
+        head_tokens,
+        signals=signals,
+        declines=declines,
     )
     head = fit_head(x, label_tensor(train), **options)
     counts = {
@@ -109,22 +113,34 @@ def add_fit_args(p) -> None:
         metavar="KIND=PATH",
         help="labelled data to measure agreement on (never fitted on)",
     )
-    p.add_argument("--encoder", default=None, metavar="NAME|DIR",
-                   help="sentence encoder: an installable encoder pulled with `routealign models pull`, or a folder "
-                        "(default: the packaged all-MiniLM-L6-v2)")
+    p.add_argument(
+        "--encoder",
+        default=None,
+        metavar="NAME|DIR",
+        help="sentence encoder: an installable encoder pulled with `routealign models pull`, or a folder "
+        "(default: the packaged all-MiniLM-L6-v2)",
+    )
     p.add_argument("--output", required=True, help="folder for head.safetensors + head.json")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier head in --output (a folder that holds no head.json is never replaced)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier head in --output (a folder that holds no head.json is never replaced)",
+    )
     p.add_argument(
         "--head-tokens", type=int, default=64, help="tokens of the response's opening embedded on their own"
     )
     p.add_argument("--max-per-source", type=int, default=None, help="sample at most N pairs from each --data")
     p.add_argument(
-        "--signal", action="append", default=[], choices=sorted(SIGNALS),
+        "--signal",
+        action="append",
+        default=[],
+        choices=sorted(SIGNALS),
         help="a text signal to add to the features (repeatable; none by default)",
     )
     p.add_argument(
-        "--threshold-refused", type=_cutoff, default=0.5,
+        "--threshold-refused",
+        type=_cutoff,
+        default=0.5,
         help="the judge's P(refused) cut-off; 'off': refusals by the decline phrases alone",
     )
     p.add_argument("--threshold-harmful", type=float, default=0.5, help="the judge's P(harmful) cut-off")
@@ -154,10 +170,17 @@ def cmd_fit(args) -> int:
     if dropped:
         print(f"left out {dropped} training pairs whose response also appears in the held-out data")
     head, manifest = fit(
-        train, head_tokens=args.head_tokens, encoder=encoder, encoder_name=args.encoder, sources=args.data,
+        train,
+        head_tokens=args.head_tokens,
+        encoder=encoder,
+        encoder_name=args.encoder,
+        sources=args.data,
         signals=args.signal,
         thresholds={"refused": args.threshold_refused, "harmful": args.threshold_harmful},
-        hidden=args.hidden, members=args.members, epochs=args.epochs, seed=args.seed,
+        hidden=args.hidden,
+        members=args.members,
+        epochs=args.epochs,
+        seed=args.seed,
     )
     measured = {}
     if args.heldout:

@@ -176,7 +176,9 @@ class GenerativeClassifierJudge(Judge):
                     name, dtype=torch_dtype(dtype), revision=revision, trust_remote_code=False
                 )
             except (OSError, ValueError) as e:  # missing, misspelt, gated, or not cached while offline
-                raise ConfigError(f"{self.name}: cannot load the classifier {name!r} (judge option model): {e}") from e
+                raise ConfigError(
+                    f"{self.name}: cannot load the classifier {name!r} (judge option model): {e}"
+                ) from e
             model.to(pick_device(device))
         elif tokenizer is None:
             raise ValueError(f"{self.name}: pass the tokenizer along with an already-built model")

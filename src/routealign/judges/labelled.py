@@ -142,9 +142,13 @@ def read_jailbreakbench(path: str, *, goal_prompt: bool = False) -> list[Labelle
             if not isinstance(broken, bool):
                 raise DataError(f"{where}: field 'jailbroken' must be true or false, got {broken!r}")
             if goal_prompt:
-                pairs.append(LabelledPair(_need(item, "goal", where), str(item["response"]), None, broken, where))
+                pairs.append(
+                    LabelledPair(_need(item, "goal", where), str(item["response"]), None, broken, where)
+                )
             else:
-                pairs.append(LabelledPair(str(item["prompt"]), str(item["response"]), not broken, broken, where))
+                pairs.append(
+                    LabelledPair(str(item["prompt"]), str(item["response"]), not broken, broken, where)
+                )
     return pairs
 
 

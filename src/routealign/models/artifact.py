@@ -34,7 +34,10 @@ FORMAT_VERSION = 1
 
 def save_gates(mixture: Mixture, path: Path) -> None:
     """The gate tensors, with the mapping and the expert order they were trained for in the header."""
-    header = {"routealign.gate.mapping": mixture.gate_cfg.mapping, "routealign.experts": json.dumps(mixture.expert_names)}
+    header = {
+        "routealign.gate.mapping": mixture.gate_cfg.mapping,
+        "routealign.experts": json.dumps(mixture.expert_names),
+    }
     save_safetensors(path, mixture.gate_state_dict(), metadata=header)
 
 
@@ -55,7 +58,9 @@ def check_gates_header(path: Path, mixture: Mixture) -> None:
         )
 
 
-def write_manifest(folder: Path, *, recipe: str, config: dict, experts: list[dict], gate: GateConfig, model: ModelConfig) -> None:
+def write_manifest(
+    folder: Path, *, recipe: str, config: dict, experts: list[dict], gate: GateConfig, model: ModelConfig
+) -> None:
     manifest = {
         "format": "routealign-artifact",
         "format_version": FORMAT_VERSION,
@@ -72,12 +77,18 @@ def write_manifest(folder: Path, *, recipe: str, config: dict, experts: list[dic
 def read_manifest(folder: str | Path) -> dict:
     path = Path(folder) / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(f"{folder}: not a routealign artifact ({MANIFEST} is missing; did training finish?)")
+        raise FileNotFoundError(
+            f"{folder}: not a routealign artifact ({MANIFEST} is missing; did training finish?)"
+        )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MixtureError(f"{path}: not a readable manifest ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != "routealign-artifact" or manifest.get("format_version", 0) > FORMAT_VERSION:
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != "routealign-artifact"
+        or manifest.get("format_version", 0) > FORMAT_VERSION
+    ):
         shown = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise MixtureError(f"{path}: unknown artifact format {shown!r}")
     required = ("model",) if manifest.get("recipe") in MODEL_RECIPES else ("model", "experts", "gate")
@@ -108,8 +119,12 @@ def model_config(folder: str | Path, *, trust_remote_code: bool = False, **overr
     if manifest.get("recipe") in MODEL_RECIPES:  # the trained weights themselves, inside the folder
         data.update(name_or_path=str(Path(folder) / MODEL_FOLDER), gguf_file=None, revision=None)
     if data.get("attn_implementation") in FAST_ATTENTION:
-        log.warning("%s: model.attn_implementation %s is not taken from a manifest (it may fetch a hub kernel); "
-                    "loading with sdpa", where, data["attn_implementation"])
+        log.warning(
+            "%s: model.attn_implementation %s is not taken from a manifest (it may fetch a hub kernel); "
+            "loading with sdpa",
+            where,
+            data["attn_implementation"],
+        )
         data["attn_implementation"] = "sdpa"
     if data.get("attn_implementation") not in SAFE_ATTENTION:
         raise MixtureError(
@@ -126,11 +141,19 @@ def expert_paths(folder: str | Path, manifest: dict) -> list[tuple[str, Path]]:
     root = Path(folder).resolve()
     found = []
     for entry in manifest["experts"]:
-        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not isinstance(entry.get("path"), str):
-            raise MixtureError(f"{Path(folder) / MANIFEST}: each expert needs a name and a path, got {entry!r}")
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("name"), str)
+            or not isinstance(entry.get("path"), str)
+        ):
+            raise MixtureError(
+                f"{Path(folder) / MANIFEST}: each expert needs a name and a path, got {entry!r}"
+            )
         path = (root / entry["path"]).resolve()
         if not path.is_relative_to(root) or path == root:
-            raise MixtureError(f"{Path(folder) / MANIFEST}: expert {entry['name']!r} points outside the artifact ({entry['path']!r})")
+            raise MixtureError(
+                f"{Path(folder) / MANIFEST}: expert {entry['name']!r} points outside the artifact ({entry['path']!r})"
+            )
         found.append((entry["name"], path))
     return found
 
@@ -153,7 +176,11 @@ MODEL_FOLDER = "model"
 
 
 def load(
-    folder: str | Path, *, device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False
+    folder: str | Path,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
 ) -> torch.nn.Module:
     """The model an artifact describes, by the recipe its manifest names; see :func:`load_mixture`."""
     manifest = read_manifest(folder)
@@ -164,11 +191,17 @@ def load(
         cfg = model_config(folder, trust_remote_code=trust_remote_code, device=device, dtype=dtype)
         return load_model(cfg, device=cfg.device).requires_grad_(False).eval()
     known = ", ".join((*MIXTURE_RECIPES, *MODEL_RECIPES))
-    raise MixtureError(f"{Path(folder) / MANIFEST}: recipe {recipe!r} is not one this routealign loads ({known})")
+    raise MixtureError(
+        f"{Path(folder) / MANIFEST}: recipe {recipe!r} is not one this routealign loads ({known})"
+    )
 
 
 def load_mixture(
-    folder: str | Path, *, device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False
+    folder: str | Path,
+    *,
+    device: str | None = None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
 ) -> torch.nn.Module:
     """A transformers model with the artifact's experts and gates attached, in eval mode.
 

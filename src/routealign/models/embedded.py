@@ -68,7 +68,11 @@ def embedded_path(name: str) -> Path:
         for stale in remove_stale_temps(target):
             log.info("removed %s, left by an interrupted conversion", stale)
         if not (target / "config.json").is_file():
-            log.info("converting %s to safetensors in %s (once)", (source or package_folder(spec)) / spec.gguf_file, target)
+            log.info(
+                "converting %s to safetensors in %s (once)",
+                (source or package_folder(spec)) / spec.gguf_file,
+                target,
+            )
             with atomic_dir(target) as tmp:
                 convert_gguf(source or package_folder(spec), spec.gguf_file, tmp)
     return target

@@ -24,8 +24,15 @@ class GateHead(nn.Module):
     is the same however much of the global random stream earlier work used (an exact resume needs it).
     """
 
-    def __init__(self, d_in: int, n_out: int, hidden: int = 0, *, init_null: float | None = None,
-                 generator: torch.Generator | None = None):
+    def __init__(
+        self,
+        d_in: int,
+        n_out: int,
+        hidden: int = 0,
+        *,
+        init_null: float | None = None,
+        generator: torch.Generator | None = None,
+    ):
         super().__init__()
         if hidden:
             self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.SiLU(), nn.Linear(hidden, n_out))

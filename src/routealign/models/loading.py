@@ -78,9 +78,13 @@ def load_model(cfg: ModelConfig, *, device: str | torch.device | None = None) ->
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
     if not cfg.gguf_file:
-        kwargs["use_safetensors"] = True  # weights from safetensors only: a pickle (.bin) can run code on load
+        kwargs["use_safetensors"] = (
+            True  # weights from safetensors only: a pickle (.bin) can run code on load
+        )
     with _named_model(cfg, "weights"):
-        model = AutoModelForCausalLM.from_pretrained(resolve(cfg.name_or_path), dtype=torch_dtype(cfg.dtype), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            resolve(cfg.name_or_path), dtype=torch_dtype(cfg.dtype), **kwargs
+        )
     if device is not None:
         model.to(pick_device(str(device)))
     return model

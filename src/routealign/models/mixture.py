@@ -84,7 +84,9 @@ def read_peft_expert(path: str | Path, name: str | None = None) -> Expert:
     }
     bad = [k for k, v in unsupported.items() if v]
     if bad:
-        raise MixtureError(f"{config_file}: the mixture supports plain LoRA only; unsupported: {', '.join(bad)}")
+        raise MixtureError(
+            f"{config_file}: the mixture supports plain LoRA only; unsupported: {', '.join(bad)}"
+        )
     r, alpha = _rank_and_alpha(cfg, config_file)
     scaling = alpha / (r**0.5) if cfg.get("use_rslora") else alpha / r
     A, B = {}, {}
@@ -97,7 +99,9 @@ def read_peft_expert(path: str | Path, name: str | None = None) -> Expert:
         elif kind == "B.weight":
             B[module] = tensor
         else:
-            raise MixtureError(f"{weights_file}: unexpected tensor {key!r} (only lora_A/lora_B are supported)")
+            raise MixtureError(
+                f"{weights_file}: unexpected tensor {key!r} (only lora_A/lora_B are supported)"
+            )
     if A.keys() != B.keys() or not A:
         raise MixtureError(f"{weights_file}: lora_A and lora_B tensors do not pair up")
     for module in A:
@@ -162,7 +166,9 @@ class MixtureLinear(nn.Module):
         self.lora_A = nn.Parameter(lora_A.to(device, dtype), requires_grad=False)
         self.lora_B = nn.Parameter(lora_B.to(device, dtype), requires_grad=False)
         owners = [e for e, r in enumerate(ranks) for _ in range(r)]
-        self.register_buffer("rank_expert", torch.tensor(owners, dtype=torch.long, device=device), persistent=False)
+        self.register_buffer(
+            "rank_expert", torch.tensor(owners, dtype=torch.long, device=device), persistent=False
+        )
         self.num_experts = len(ranks)
         # Every expert present with the same rank r: expand the weights by a reshape, not a gather.
         self.rank = ranks[0] if len(set(ranks)) == 1 else None
@@ -205,7 +211,9 @@ class MixtureLinear(nn.Module):
             w = self._given_weights()
         mixed = self._scale(h, w.to(h.dtype))
         if mixed.dtype == out.dtype == self.lora_B.dtype:  # out + mixed Bᵀ as one addmm
-            flat = torch.addmm(out.reshape(-1, out.shape[-1]), mixed.reshape(-1, mixed.shape[-1]), self.lora_B.t())
+            flat = torch.addmm(
+                out.reshape(-1, out.shape[-1]), mixed.reshape(-1, mixed.shape[-1]), self.lora_B.t()
+            )
             return flat.view(out.shape)
         return out + F.linear(mixed, self.lora_B).to(out.dtype)
 
@@ -310,11 +318,15 @@ class Mixture:
         for name in modules:
             base = model.get_submodule(name)
             if not isinstance(base, nn.Linear):
-                raise MixtureError(f"{name}: is {type(base).__name__}; the mixture adapts nn.Linear layers only")
+                raise MixtureError(
+                    f"{name}: is {type(base).__name__}; the mixture adapts nn.Linear layers only"
+                )
             A, B, ranks = _stack(name, base, experts)
             gate = None
             if gate_cfg.kind == "token":
-                gate = GateHead(base.in_features, n_out, gate_cfg.hidden, init_null=init_null, generator=generator)
+                gate = GateHead(
+                    base.in_features, n_out, gate_cfg.hidden, init_null=init_null, generator=generator
+                )
                 gate.to(base.weight.device)
             layer = MixtureLinear(base, A, B, ranks, self.state, gate, gate_cfg)
             parent, _, child = name.rpartition(".")
@@ -358,7 +370,9 @@ class Mixture:
         expected = set(self.gate_state_dict())
         if set(tensors) != expected:
             missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-            raise MixtureError(f"{where}: gate tensors do not match the mixture (missing {missing[:3]}, unexpected {extra[:3]})")
+            raise MixtureError(
+                f"{where}: gate tensors do not match the mixture (missing {missing[:3]}, unexpected {extra[:3]})"
+            )
         for name, gate in self.gate_modules().items():
             prefix = f"{name}."
             gate.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
@@ -410,15 +424,23 @@ class Mixture:
         same routing. Differentiable in the gate head's parameters (stage B trains through it).
         """
         if self.sequence_gate is None:
-            raise MixtureError("route(): token gates route every token inside the forward pass; only a sequence gate routes prompts")
+            raise MixtureError(
+                "route(): token gates route every token inside the forward pass; only a sequence gate routes prompts"
+            )
         ref = input_ids if input_ids is not None else inputs_embeds
         if ref is None:
             raise MixtureError("route(): give input_ids or inputs_embeds")
-        mask = torch.ones(ref.shape[:2], dtype=torch.long, device=ref.device) if attention_mask is None else attention_mask
+        mask = (
+            torch.ones(ref.shape[:2], dtype=torch.long, device=ref.device)
+            if attention_mask is None
+            else attention_mask
+        )
         pool = mask.bool() if pool_mask is None else mask.bool() & pool_mask.bool()
         position_ids = (mask.long().cumsum(-1) - 1).clamp_min(0)
         hidden = self.base_hidden(input_ids, inputs_embeds, mask, position_ids)
-        return route_probs(self.sequence_gate(pool_hidden(hidden, pool, self.gate_cfg.pool)), self.gate_cfg.mapping)
+        return route_probs(
+            self.sequence_gate(pool_hidden(hidden, pool, self.gate_cfg.pool)), self.gate_cfg.mapping
+        )
 
     @contextmanager
     def routed(self, probs: torch.Tensor) -> Iterator[torch.Tensor]:
@@ -432,7 +454,9 @@ class Mixture:
         if self.sequence_gate is None:
             raise MixtureError("routed(): only a sequence gate takes a routing per prompt")
         if probs.dim() != 2 or probs.shape[-1] != len(self.expert_names) + int(self.gate_cfg.null_expert):
-            raise MixtureError(f"routed(): expected routing [batch, {len(self.expert_names) + int(self.gate_cfg.null_expert)}], got {tuple(probs.shape)}")
+            raise MixtureError(
+                f"routed(): expected routing [batch, {len(self.expert_names) + int(self.gate_cfg.null_expert)}], got {tuple(probs.shape)}"
+            )
         saved = self.state.sequence
         self.state.sequence = probs
         try:
@@ -447,7 +471,9 @@ class Mixture:
         input_ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
         embeds = kwargs.get("inputs_embeds")
         if input_ids is None and embeds is None:
-            raise MixtureError("sequence gate: generate needs the prompt (input_ids or inputs_embeds) to route it")
+            raise MixtureError(
+                "sequence gate: generate needs the prompt (input_ids or inputs_embeds) to route it"
+            )
         with torch.no_grad():
             probs = self.route(input_ids, kwargs.get("attention_mask"), inputs_embeds=embeds)
         if self.state.collect:
@@ -466,7 +492,9 @@ class Mixture:
             given = state.sequence.shape[0]
             if batch != given:
                 if batch % given:
-                    raise MixtureError(f"sequence gate: routing was given for {given} sequences, the forward has {batch}")
+                    raise MixtureError(
+                        f"sequence gate: routing was given for {given} sequences, the forward has {batch}"
+                    )
                 state.sequence = state.sequence.repeat_interleave(batch // given, dim=0)
             return
         if _continues_a_cache(args, kwargs):
@@ -544,7 +572,9 @@ def _stack(name: str, base: nn.Linear, experts: list[Expert]) -> tuple[torch.Ten
     return torch.cat(As), torch.cat(Bs, dim=1), ranks
 
 
-def attach_mixture(model: nn.Module, experts: list[Expert], gate_cfg: GateConfig, *, seed: int = 0) -> Mixture:
+def attach_mixture(
+    model: nn.Module, experts: list[Expert], gate_cfg: GateConfig, *, seed: int = 0
+) -> Mixture:
     """Replace the experts' target layers of ``model`` (in place) with mixture layers; return the handle.
 
     ``seed`` fixes the gates' initial values (see :class:`Mixture`)."""

@@ -64,7 +64,9 @@ def families() -> dict[str, MoEFamily]:
     for model_type, row in table.items():
         family = MoEFamily(model_type=model_type, **{**row, "shared": tuple(row.get("shared") or ())})
         if family.scoring not in SCORINGS:
-            raise ValueError(f"{path}: {model_type}: scoring must be one of {SCORINGS}, got {family.scoring!r}")
+            raise ValueError(
+                f"{path}: {model_type}: scoring must be one of {SCORINGS}, got {family.scoring!r}"
+            )
         found[model_type] = family
     return found
 
@@ -139,10 +141,14 @@ def moe_view(model: nn.Module) -> MoEView:
         shared = [getattr(block, name) for name in family.shared if getattr(block, name, None) is not None]
         layers.append(MoELayer(i, f"{family.layers}.{i}.{family.block}", router, experts, shared))
     if not layers:
-        raise ConfigError(f"{type(model).__name__}: no MoE layer found where the {model_type} row of the table says")
+        raise ConfigError(
+            f"{type(model).__name__}: no MoE layer found where the {model_type} row of the table says"
+        )
     configured = getattr(config, family.num_experts, None)
     if configured is not None and configured != layers[0].num_experts:
-        raise ConfigError(f"{model_type}: config.{family.num_experts} = {configured}, but the expert tensors hold {layers[0].num_experts}")
+        raise ConfigError(
+            f"{model_type}: config.{family.num_experts} = {configured}, but the expert tensors hold {layers[0].num_experts}"
+        )
     return MoEView(family, layers, int(getattr(config, family.top_k)))
 
 
@@ -161,7 +167,9 @@ def _check_layout(experts: nn.Module, model_type: str) -> None:
     if down is None or gate_up.dim() != 3 or down.dim() != 3 or gate_up.shape[1] != 2 * down.shape[2]:
         unsupported.append("an expert tensor layout other than gate_up_proj [E, 2I, H] / down_proj [E, H, I]")
     if unsupported:
-        raise ConfigError(f"{model_type}: {type(experts).__name__} has {', '.join(unsupported)}, which RASA's slicing does not handle")
+        raise ConfigError(
+            f"{model_type}: {type(experts).__name__} has {', '.join(unsupported)}, which RASA's slicing does not handle"
+        )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -220,13 +228,17 @@ class ExpertDelta(nn.Module):
     def __init__(self, experts: nn.Module, chosen: Sequence[int]):
         super().__init__()
         gate_up, down = experts.gate_up_proj, experts.down_proj
-        self.register_buffer("chosen", torch.tensor(sorted(set(chosen)), dtype=torch.long, device=gate_up.device))
+        self.register_buffer(
+            "chosen", torch.tensor(sorted(set(chosen)), dtype=torch.long, device=gate_up.device)
+        )
         k = len(self.chosen)
         self.gate_up_proj = nn.Parameter(gate_up.new_zeros((k, *gate_up.shape[1:]), dtype=torch.float32))
         self.down_proj = nn.Parameter(down.new_zeros((k, *down.shape[1:]), dtype=torch.float32))
         self._call: tuple | None = None
 
-    def contribution(self, experts: nn.Module, hidden: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def contribution(
+        self, experts: nn.Module, hidden: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor
+    ) -> torch.Tensor:
         """The chosen experts' weighted outputs for the tokens routed to them (the same maths as
         transformers' eager experts loop, through the module's own gate function)."""
         out = torch.zeros_like(hidden)
@@ -239,7 +251,9 @@ class ExpertDelta(nn.Module):
             # x(W + Δ)ᵀ as xWᵀ + xΔᵀ: autograd then keeps the routed tokens' activations for Δ's gradient,
             # not a (W + Δ) copy per chosen expert, so memory follows the tokens, not the weights.
             x = hidden[rows]
-            h = experts._apply_gate(F.linear(x, experts.gate_up_proj[e]) + F.linear(x, self.gate_up_proj[j].to(x.dtype)))
+            h = experts._apply_gate(
+                F.linear(x, experts.gate_up_proj[e]) + F.linear(x, self.gate_up_proj[j].to(x.dtype))
+            )
             h = F.linear(h, experts.down_proj[e]) + F.linear(h, self.down_proj[j].to(h.dtype))
             out = out.index_add(0, rows, (h * weights[rows, slot, None]).to(out.dtype))
         if unused:
@@ -292,11 +306,17 @@ def expert_deltas(view: MoEView, chosen: Mapping[int, Sequence[int]]) -> Iterato
             experts = view.layers[i].experts
             bad = [e for e in experts_ids if not 0 <= e < view.num_experts]
             if bad:
-                raise ValueError(f"layer {view.layers[i].index}: experts {bad} out of range 0..{view.num_experts - 1}")
+                raise ValueError(
+                    f"layer {view.layers[i].index}: experts {bad} out of range 0..{view.num_experts - 1}"
+                )
             delta = ExpertDelta(experts, experts_ids)
             experts.add_module(DELTA_NAME, delta)
-            handles.append(experts.register_forward_pre_hook(functools.partial(_before_experts, delta), with_kwargs=True))
-            handles.append(experts.register_forward_hook(functools.partial(_after_experts, delta), with_kwargs=True))
+            handles.append(
+                experts.register_forward_pre_hook(functools.partial(_before_experts, delta), with_kwargs=True)
+            )
+            handles.append(
+                experts.register_forward_hook(functools.partial(_after_experts, delta), with_kwargs=True)
+            )
             attached.append(delta)
         yield attached
     finally:

@@ -82,7 +82,9 @@ def _mixtral_config(config, experts: int, top_k: int) -> MixtralConfig:
 
 
 @torch.no_grad()
-def mlp_activations(model, batches: Sequence[dict], max_tokens: int = 16384) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def mlp_activations(
+    model, batches: Sequence[dict], max_tokens: int = 16384
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per layer: (MLP inputs ``[T, H]``, intermediate activations ``act(gate x) ⊙ up x`` ``[T, I]``)
     over the non-padding tokens of ``batches``, the first batches' up to about ``max_tokens`` (held in
     float32: tokens × (H + I) × layers × 4 bytes, about 2 GB for SmolLM2-135M at the default)."""
@@ -98,7 +100,10 @@ def mlp_activations(model, batches: Sequence[dict], max_tokens: int = 16384) -> 
         inputs[i].append(x.float())
         acts[i].append((module.act_fn(module.gate_proj(x)) * module.up_proj(x)).float())
 
-    handles = [layer.mlp.register_forward_hook(lambda m, a, o, i=i: hook(i, m, a, o)) for i, layer in enumerate(layers)]
+    handles = [
+        layer.mlp.register_forward_hook(lambda m, a, o, i=i: hook(i, m, a, o))
+        for i, layer in enumerate(layers)
+    ]
     try:
         for batch in batches:
             keep[:] = [batch["attention_mask"].reshape(-1).bool()]
@@ -109,7 +114,9 @@ def mlp_activations(model, batches: Sequence[dict], max_tokens: int = 16384) -> 
     return [(torch.cat(x), torch.cat(a)) for x, a in zip(inputs, acts, strict=True)]
 
 
-def balanced_clusters(features: torch.Tensor, groups: int, *, iterations: int = 20, seed: int = 0) -> torch.Tensor:
+def balanced_clusters(
+    features: torch.Tensor, groups: int, *, iterations: int = 20, seed: int = 0
+) -> torch.Tensor:
     """Balanced k-means with cosine similarity: ``features [N, D]`` → a group id per row, every group
     exactly N / groups rows. Assignment is greedy over (row, group) pairs by similarity, each group
     taking rows until full (the capacity-constrained step of balanced k-means)."""
@@ -155,16 +162,22 @@ def moefy(model, batches: Sequence[dict], *, experts: int, top_k: int, seed: int
     ``batches`` (tokenised calibration text, with attention masks) drive the clustering and router."""
     _check_dense(model)
     if not 1 <= top_k <= experts:
-        raise ConfigError(f"moefy: top-k must be between 1 and the number of experts ({experts}), got {top_k}")
+        raise ConfigError(
+            f"moefy: top-k must be between 1 and the number of experts ({experts}), got {top_k}"
+        )
     if model.config.intermediate_size % experts:
-        raise ConfigError(f"moefy: intermediate size {model.config.intermediate_size} does not split into {experts} equal experts")
+        raise ConfigError(
+            f"moefy: intermediate size {model.config.intermediate_size} does not split into {experts} equal experts"
+        )
     moe = MixtralForCausalLM(_mixtral_config(model.config, experts, top_k)).to(model.dtype)
     state = {k: v for k, v in model.state_dict().items() if ".mlp." not in k}
     activations = mlp_activations(model, batches)
     scale = float(top_k)  # kept experts' weights are 1/k each (exactly, at k = E with a zero router)
     sizes = []
     for i, (layer, (x, a)) in enumerate(zip(model.model.layers, activations, strict=True)):
-        labels = balanced_clusters(a.abs().T, experts, seed=seed + i)  # neurons described by their activations
+        labels = balanced_clusters(
+            a.abs().T, experts, seed=seed + i
+        )  # neurons described by their activations
         groups = [torch.nonzero(labels == e).squeeze(1) for e in range(experts)]
         sizes.append(len(x))
         gate, up, down = layer.mlp.gate_proj.weight, layer.mlp.up_proj.weight, layer.mlp.down_proj.weight
@@ -203,7 +216,9 @@ def perplexity(model, batches: Sequence[dict]) -> float:
     return math.exp(total / max(count, 1))
 
 
-def text_batches(tokenizer, texts: Sequence[str], *, max_length: int = 256, batch_size: int = 8) -> list[dict]:
+def text_batches(
+    tokenizer, texts: Sequence[str], *, max_length: int = 256, batch_size: int = 8
+) -> list[dict]:
     """Right-padded token batches of ``texts`` (each cut to ``max_length`` tokens)."""
     batches = []
     for start in range(0, len(texts), batch_size):
@@ -222,7 +237,10 @@ def read_texts(path: str | None) -> list[str]:
         from importlib import resources
 
         folder = resources.files("routealign") / "data_files" / "quickstart"
-        files = sorted(str(folder / name) for name in ("experts.jsonl", "gate.jsonl", "midpo_helpfulness.jsonl", "midpo_safety.jsonl"))
+        files = sorted(
+            str(folder / name)
+            for name in ("experts.jsonl", "gate.jsonl", "midpo_helpfulness.jsonl", "midpo_safety.jsonl")
+        )
     else:
         files = [resolve_path(path)]
     texts = []
@@ -234,7 +252,9 @@ def read_texts(path: str | None) -> list[str]:
                 try:
                     line = raw.decode("utf-8").strip()
                 except UnicodeDecodeError as e:
-                    raise ConfigError(f"{file}, line {n}: not UTF-8 text ({e.reason} at byte {e.start} of the line)") from None
+                    raise ConfigError(
+                        f"{file}, line {n}: not UTF-8 text ({e.reason} at byte {e.start} of the line)"
+                    ) from None
                 if not line:
                     continue
                 if not file.endswith(".jsonl"):
@@ -244,9 +264,15 @@ def read_texts(path: str | None) -> list[str]:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise ConfigError(f"{file}, line {n}: not JSON ({e.msg})") from None
-                parts = [v for v in row.values() if isinstance(v, str) and len(v) > 20] if isinstance(row, dict) else []
+                parts = (
+                    [v for v in row.values() if isinstance(v, str) and len(v) > 20]
+                    if isinstance(row, dict)
+                    else []
+                )
                 if not parts:
-                    raise ConfigError(f"{file}, line {n}: no text field (a string value of more than 20 characters)")
+                    raise ConfigError(
+                        f"{file}, line {n}: no text field (a string value of more than 20 characters)"
+                    )
                 texts.append("\n".join(parts))
     return texts
 
@@ -255,7 +281,9 @@ def convert(model, tokenizer, texts: Sequence[str], *, experts: int, top_k: int,
             max_length: int = 256, batch_size: int = 8) -> Conversion:  # fmt: skip
     """:func:`moefy` fitted on every other text, with dense and MoE perplexity on the rest."""
     if len(texts) < 4:
-        raise ConfigError(f"moefy: {len(texts)} calibration texts; at least 4 are needed (half fit, half held out)")
+        raise ConfigError(
+            f"moefy: {len(texts)} calibration texts; at least 4 are needed (half fit, half held out)"
+        )
     fit, held = list(texts[0::2]), list(texts[1::2])
     fit_batches = text_batches(tokenizer, fit, max_length=max_length, batch_size=batch_size)
     held_batches = text_batches(tokenizer, held, max_length=max_length, batch_size=batch_size)
@@ -276,15 +304,25 @@ def convert(model, tokenizer, texts: Sequence[str], *, experts: int, top_k: int,
 def add_moefy_args(p) -> None:
     p.add_argument("model", help="dense model: embedded name, hub id or folder (Llama-style)")
     p.add_argument("--experts", type=int, required=True, help="experts per layer (must divide the MLP width)")
-    p.add_argument("--top-k", type=int, required=True, help="experts per token; = --experts reproduces the dense model")
-    p.add_argument("--output", required=True, help="folder for the converted model (loads with AutoModelForCausalLM)")
-    p.add_argument("--text", help="calibration text: .txt (one per line) or .jsonl; default: the packaged quickstart texts")
+    p.add_argument(
+        "--top-k", type=int, required=True, help="experts per token; = --experts reproduces the dense model"
+    )
+    p.add_argument(
+        "--output", required=True, help="folder for the converted model (loads with AutoModelForCausalLM)"
+    )
+    p.add_argument(
+        "--text",
+        help="calibration text: .txt (one per line) or .jsonl; default: the packaged quickstart texts",
+    )
     p.add_argument("--max-texts", type=int, default=None, help="use at most this many calibration texts")
     p.add_argument("--max-length", type=int, default=256, help="tokens per calibration text")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="float32", help="dtype to load and save the model in")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier moefy output in --output (a folder moefy did not make is never replaced)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier moefy output in --output (a folder moefy did not make is never replaced)",
+    )
 
 
 REPORT = "moefy.json"
@@ -304,7 +342,15 @@ def cmd_moefy(args) -> int:
     texts = read_texts(args.text)[: args.max_texts]
     tokenizer = load_tokenizer(cfg)
     model = load_model(cfg).eval()
-    result = convert(model, tokenizer, texts, experts=args.experts, top_k=args.top_k, seed=args.seed, max_length=args.max_length)
+    result = convert(
+        model,
+        tokenizer,
+        texts,
+        experts=args.experts,
+        top_k=args.top_k,
+        seed=args.seed,
+        max_length=args.max_length,
+    )
     result.report["source_model"] = args.model
     check_output()
     with atomic_dir(Path(args.output)) as tmp:

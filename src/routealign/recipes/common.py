@@ -29,7 +29,9 @@ LOGGING_ONLY = ("log_every", "save_every")
 """Train fields that change how a run reports, not what it computes: a resume may change them."""
 
 
-def check_targets(model: torch.nn.Module, targets: Sequence[str], key: str = "experts.lora.target_modules") -> None:
+def check_targets(
+    model: torch.nn.Module, targets: Sequence[str], key: str = "experts.lora.target_modules"
+) -> None:
     """Each target names at least one ``nn.Linear`` (PEFT's rule: the full name or its last parts)."""
     linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     for target in targets:
@@ -66,7 +68,8 @@ def is_run_folder(folder: Path) -> bool:
     """A training run's folder from before its lock recorded the holder: its ``run_config.json`` names a
     recipe, or RASA's record of stage 0 is there (a new run folder may be given that result to reuse)."""
     return json_object_with(folder / "run_config.json", "recipe") or json_object_with(
-        folder / "pairs_config.json", "model", "pairs", "prompt_tokens")
+        folder / "pairs_config.json", "model", "pairs", "prompt_tokens"
+    )
 
 
 def finished_or_refused(out: Path, cfg) -> bool:
@@ -80,7 +83,9 @@ def finished_or_refused(out: Path, cfg) -> bool:
         return False
     if _result_fields(from_dict(type(cfg), json.loads(path.read_text()))) != _result_fields(cfg):
         if trained_anything(out):
-            raise ConfigError(f"{out}: holds a run with a different config ({path}); pick another output_dir or delete that folder")
+            raise ConfigError(
+                f"{out}: holds a run with a different config ({path}); pick another output_dir or delete that folder"
+            )
         log.info("%s: the run recorded there trained nothing; this config replaces it", out)
         return False
     return (out / MANIFEST).is_file()
@@ -98,7 +103,9 @@ def trained_anything(out: Path) -> bool:
     )
 
 
-def run_recipe(cfg, precision: str, prepare: Callable[[Accelerator], P], train: Callable[[Accelerator, P, Path], None]) -> Path:
+def run_recipe(
+    cfg, precision: str, prepare: Callable[[Accelerator], P], train: Callable[[Accelerator, P, Path], None]
+) -> Path:
     """The frame of every recipe's ``main``: skip a finished run, ``prepare(accelerator)`` (load and
     check everything) before claiming ``cfg.output_dir``, record the config, then ``train(accelerator,
     prepared, out)`` while holding the folder. Returns the folder."""
@@ -111,7 +118,10 @@ def run_recipe(cfg, precision: str, prepare: Callable[[Accelerator], P], train: 
     try:
         # Before any loading: a finished run costs nothing. Read on the main process, so that every
         # process takes the same branch.
-        if on_main(accelerator, lambda: refuse_foreign(out, "training", is_run_folder) or finished_or_refused(out, cfg)):
+        if on_main(
+            accelerator,
+            lambda: refuse_foreign(out, "training", is_run_folder) or finished_or_refused(out, cfg),
+        ):
             log.info("%s already holds this run's finished artifact; nothing to train", out)
             return out
         prepared = prepare(accelerator)
@@ -137,13 +147,17 @@ def write_mixture_artifact(accelerator: Accelerator, out: Path, cfg, *, mixture:
     """Gates, then the manifest (its presence means "complete"), then drop the router's resume state."""
     if accelerator.is_main_process:
         save_gates(mixture, out / GATES)
-        write_manifest(out, recipe=cfg.recipe, config=to_dict(cfg), experts=experts, gate=gate, model=cfg.model)
+        write_manifest(
+            out, recipe=cfg.recipe, config=to_dict(cfg), experts=experts, gate=gate, model=cfg.model
+        )
         log.info("artifact written to %s", out)
     accelerator.wait_for_everyone()
     clear_checkpoint(accelerator, stage)
 
 
-def recipe_stage(out: Path, name: str, checkpoint: str, model, examples, collate, cfg, loss_fn, callbacks=()) -> Stage:
+def recipe_stage(
+    out: Path, name: str, checkpoint: str, model, examples, collate, cfg, loss_fn, callbacks=()
+) -> Stage:
     """A training stage of a recipe run in ``out``: resume state under ``checkpoints/<checkpoint>``, the
     shared JSONL log under ``logs/``."""
     return Stage(

@@ -91,7 +91,9 @@ class MarginConfig:
         if self.source == "model" and not self.model:
             raise ConfigError("margin.model: source: model needs the reward or cost model's hub id or folder")
         if self.source in ("columns", "model") and self.higher_is is None:
-            raise ConfigError("margin.higher_is: say whether a higher score is better (a reward) or worse (a cost)")
+            raise ConfigError(
+                "margin.higher_is: say whether a higher score is better (a reward) or worse (a cost)"
+            )
         if self.source == "judge" and self.higher_is == "better":
             raise ConfigError("margin.higher_is: a judge's score is graded harmfulness, a cost: use 'worse'")
         if self.scale <= 0:
@@ -155,7 +157,9 @@ class RouterStage:
 
     def __post_init__(self) -> None:
         if self.gate.mapping != "sigmoid" or self.gate.kind != "token":
-            raise ConfigError("gate: MidPO's gates are per-token independent sigmoids; set kind: token, mapping: sigmoid")
+            raise ConfigError(
+                "gate: MidPO's gates are per-token independent sigmoids; set kind: token, mapping: sigmoid"
+            )
         if self.beta <= 0:
             raise ConfigError(f"beta: must be > 0, got {self.beta}")
         if self.gate_coef < 0:
@@ -176,10 +180,16 @@ class MidPOConfig:
     def __post_init__(self) -> None:
         if self.recipe != "midpo":
             raise ConfigError(f"recipe: expected 'midpo', got {self.recipe!r}")
-        precisions = {self.safety.train.precision, self.helpfulness.train.precision, self.router.train.precision}
+        precisions = {
+            self.safety.train.precision,
+            self.helpfulness.train.precision,
+            self.router.train.precision,
+        }
         if len(precisions) > 1:
             # accelerate fixes mixed precision once per process.
-            raise ConfigError("safety.train.precision, helpfulness.train.precision and router.train.precision: must be equal")
+            raise ConfigError(
+                "safety.train.precision, helpfulness.train.precision and router.train.precision: must be equal"
+            )
 
     def stage(self, name: str) -> ExpertStage | RouterStage:
         return getattr(self, name)
@@ -222,7 +232,11 @@ def prepare(cfg: MidPOConfig, accelerator: Accelerator) -> Prepared:
         done = finished.get(name, False)
         if margin != "none" and not done:
             # Each process scores its share; every process gets all the scores.
-            scores = map_shards(accelerator, rows, lambda part, stage=stage, name=name: margin_scores(part, stage.margin, name))
+            scores = map_shards(
+                accelerator,
+                rows,
+                lambda part, stage=stage, name=name: margin_scores(part, stage.margin, name),
+            )
             for pair, (chosen, rejected) in zip(rows, scores, strict=True):
                 pair.chosen_score, pair.rejected_score = chosen, rejected
         pairs[name] = encode_pairs(rows, tokenizer, stage.train.max_length, from_divergence=stage.from_divergence,
@@ -265,7 +279,9 @@ def margin_scores(pairs: list[PreferencePair], margin: MarginConfig, stage: str)
         from ..reward import load_scorer, score
 
         try:
-            model, tokenizer = load_scorer(margin.model, revision=margin.model_revision, trust_remote_code=margin.trust_remote_code)
+            model, tokenizer = load_scorer(
+                margin.model, revision=margin.model_revision, trust_remote_code=margin.trust_remote_code
+            )
         except ConfigError as e:
             raise ConfigError(f"{stage}.margin.model: {e}") from None
         flat = score(model, tokenizer, sides, desc=f"{stage}: margin scores")
@@ -275,12 +291,16 @@ def margin_scores(pairs: list[PreferencePair], margin: MarginConfig, stage: str)
     for i, value in enumerate(flat):
         if not math.isfinite(value):  # a broken scorer: NaN would reach every loss of the stage
             pair = pairs[i // 2]
-            raise DataError(f"{pair.source or 'a pair'}: the {stage}.margin.source: {margin.source} score of its "
-                            f"{('chosen', 'rejected')[i % 2]} response is {value}")
+            raise DataError(
+                f"{pair.source or 'a pair'}: the {stage}.margin.source: {margin.source} score of its "
+                f"{('chosen', 'rejected')[i % 2]} response is {value}"
+            )
     return [(flat[2 * i], flat[2 * i + 1]) for i in range(len(pairs))]
 
 
-def with_reference(cfg_stage, name: str, accelerator: Accelerator, prepared: Prepared, model: torch.nn.Module) -> list[dict]:
+def with_reference(
+    cfg_stage, name: str, accelerator: Accelerator, prepared: Prepared, model: torch.nn.Module
+) -> list[dict]:
     """The stage's pairs, with reference log-probs from ``model`` (the base, nothing attached) when the
     stage precomputes them: each process computes its share once, and the result is cached on disk."""
     examples = prepared.pairs[name]
@@ -293,10 +313,14 @@ def with_reference(cfg_stage, name: str, accelerator: Accelerator, prepared: Pre
                                 device=accelerator.device, autocast=accelerator.autocast, state=accelerator)  # fmt: skip
 
 
-def train_experts(cfg: MidPOConfig, accelerator: Accelerator, prepared: Prepared, out: Path, callbacks=()) -> list[dict]:
+def train_experts(
+    cfg: MidPOConfig, accelerator: Accelerator, prepared: Prepared, out: Path, callbacks=()
+) -> list[dict]:
     """Stage A: the safety expert, then the helpfulness expert; a finished one is skipped on resume."""
     for index, name in enumerate(EXPERTS):
-        train_expert(cfg.stage(name), name, index, accelerator, prepared, out / "experts" / name, out, callbacks)
+        train_expert(
+            cfg.stage(name), name, index, accelerator, prepared, out / "experts" / name, out, callbacks
+        )
     return [{"name": name, "path": f"experts/{name}"} for name in EXPERTS]
 
 
@@ -308,11 +332,15 @@ def train_expert(stage_cfg: ExpertStage, name: str, index: int, accelerator: Acc
         log.info("expert %r already trained: %s", name, final)
         return
     examples = with_reference(stage_cfg, name, accelerator, prepared, prepared.model)
-    log.info("stage A: %s expert, SPE-DPO on %d pairs (margin: %s)", name, len(examples), stage_cfg.margin.source)
+    log.info(
+        "stage A: %s expert, SPE-DPO on %d pairs (margin: %s)", name, len(examples), stage_cfg.margin.source
+    )
     loss_fn = dpo_loss(stage_cfg.beta, stage_cfg.margin.direction, stage_cfg.margin.scale)
     stage = partial(recipe_stage, out, f"expert:{name}", f"experts/{name}", examples=examples,
                     collate=pair_collator(prepared.tokenizer), cfg=stage_cfg.train, loss_fn=loss_fn, callbacks=callbacks)  # fmt: skip
-    prepared.model = train_lora_expert(accelerator, prepared.model, stage_cfg.lora, stage_cfg.train.seed + index, final, stage)
+    prepared.model = train_lora_expert(
+        accelerator, prepared.model, stage_cfg.lora, stage_cfg.train.seed + index, final, stage
+    )
 
 
 def router_loss(beta: float, gate_coef: float):
@@ -335,10 +363,19 @@ def router_loss(beta: float, gate_coef: float):
     return loss_fn
 
 
-def train_router(cfg: MidPOConfig, accelerator: Accelerator, prepared: Prepared, out: Path, experts: list[dict], callbacks=()):
+def train_router(
+    cfg: MidPOConfig,
+    accelerator: Accelerator,
+    prepared: Prepared,
+    out: Path,
+    experts: list[dict],
+    callbacks=(),
+):
     """Stage B: the gates only, on the dual pairs, the base model as reference."""
     model = prepared.model
-    examples = with_reference(cfg.router, "router", accelerator, prepared, model)  # before the mixture: the base
+    examples = with_reference(
+        cfg.router, "router", accelerator, prepared, model
+    )  # before the mixture: the base
     mixture = attach_mixture(model, [read_peft_expert(out / e["path"], e["name"]) for e in experts], cfg.router.gate,
                              seed=cfg.router.train.seed)  # fmt: skip
     mixture.freeze_all_but_gates()
@@ -355,6 +392,8 @@ def main(cfg: MidPOConfig, callbacks: Sequence[Callback] = ()) -> Path:
     def train(accelerator: Accelerator, prepared: Prepared, out: Path) -> None:
         experts = train_experts(cfg, accelerator, prepared, out, callbacks)
         mixture, stage = train_router(cfg, accelerator, prepared, out, experts, callbacks)
-        write_mixture_artifact(accelerator, out, cfg, mixture=mixture, stage=stage, experts=experts, gate=cfg.router.gate)
+        write_mixture_artifact(
+            accelerator, out, cfg, mixture=mixture, stage=stage, experts=experts, gate=cfg.router.gate
+        )
 
     return run_recipe(cfg, cfg.router.train.precision, lambda accelerator: prepare(cfg, accelerator), train)

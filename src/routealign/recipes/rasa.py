@@ -101,10 +101,14 @@ class PairsStage:
         if not self.attacks:
             raise ConfigError("pairs.attacks: list at least one attack")
         if "plain" in self.attacks or "none" in self.attacks:
-            raise ConfigError("pairs.attacks: the plain request is always the other half of a pair; list only attacks")
+            raise ConfigError(
+                "pairs.attacks: the plain request is always the other half of a pair; list only attacks"
+            )
         stray = sorted(set(self.attack_options) - set(self.attacks))
         if stray:
-            raise ConfigError(f"pairs.attack_options: {', '.join(stray)} not in attacks ({', '.join(self.attacks)})")
+            raise ConfigError(
+                f"pairs.attack_options: {', '.join(stray)} not in attacks ({', '.join(self.attacks)})"
+            )
         if self.refusal not in REFUSAL_SOURCES:
             raise ConfigError(f"pairs.refusal: {self.refusal!r} is not one of {', '.join(REFUSAL_SOURCES)}")
         if not self.refusal_text.strip():
@@ -232,7 +236,11 @@ def prepare(cfg: RASAConfig, accelerator: Accelerator) -> Prepared:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     requests = [item.prompt for item in items]
     # Fail now, not after generating, when no jailbreak leaves room for an answer in training.
-    repair_examples(cfg, tokenizer, [Pair(r, a(r).prompt, a.name, "", "", cfg.pairs.refusal_text) for a in attacks for r in requests])
+    repair_examples(
+        cfg,
+        tokenizer,
+        [Pair(r, a(r).prompt, a.name, "", "", cfg.pairs.refusal_text) for a in attacks for r in requests],
+    )
     judge = get_judge(cfg.pairs.judge, **cfg.pairs.judge_options)
     return Prepared(tokenizer, model.to(accelerator.device), requests, attacks, judge)
 
@@ -251,7 +259,9 @@ class Pair:
     target: str
 
 
-def answer_and_judge(cfg: RASAConfig, prepared: Prepared, prompts: list[str], plains: list[str]) -> list[dict]:
+def answer_and_judge(
+    cfg: RASAConfig, prepared: Prepared, prompts: list[str], plains: list[str]
+) -> list[dict]:
     """Greedy answers with their routing counts, and the judge's verdicts against the plain requests."""
     from ..judges import JudgeInput
 
@@ -267,18 +277,30 @@ def answer_and_judge(cfg: RASAConfig, prepared: Prepared, prompts: list[str], pl
         model.train(was_training)
     verdicts = prepared.judge.judge([JudgeInput(p, g.text) for p, g in zip(plains, gens, strict=True)])
     return [
-        {"response": g.text, "refused": v.refused, "harmful": v.harmful, "counts": g.counts.tolist(), "positions": g.positions}
+        {
+            "response": g.text,
+            "refused": v.refused,
+            "harmful": v.harmful,
+            "counts": g.counts.tolist(),
+            "positions": g.positions,
+        }
         for g, v in zip(gens, verdicts, strict=True)
     ]
 
 
-def build_pairs(cfg: RASAConfig, accelerator: Accelerator, prepared: Prepared) -> tuple[list[Pair], dict, dict]:
+def build_pairs(
+    cfg: RASAConfig, accelerator: Accelerator, prepared: Prepared
+) -> tuple[list[Pair], dict, dict]:
     """Answer every request plain and under every attack, keep (refused plain, complied jailbreak)
     pairs; returns the pairs, the counts per attack, and the routing counts of the kept pairs."""
     requests = prepared.requests
     jailbreaks = [(attack.name, attack(r).prompt, r) for attack in prepared.attacks for r in requests]
     prompts = [(r, r) for r in requests] + [(jb, r) for _, jb, r in jailbreaks]
-    answers = map_shards(accelerator, prompts, lambda part: answer_and_judge(cfg, prepared, [p for p, _ in part], [r for _, r in part]))
+    answers = map_shards(
+        accelerator,
+        prompts,
+        lambda part: answer_and_judge(cfg, prepared, [p for p, _ in part], [r for _, r in part]),
+    )
     plain, attacked = answers[: len(requests)], answers[len(requests) :]
     pairs, routing, report = [], {"plain": [], "jailbreak": []}, {}
     for a, attack in enumerate(prepared.attacks):
@@ -294,7 +316,16 @@ def build_pairs(cfg: RASAConfig, accelerator: Accelerator, prepared: Prepared) -
             target = cfg.pairs.refusal_text
             if cfg.pairs.refusal == "plain_response" and p["response"].strip():
                 target = " ".join(p["response"].split()[: cfg.pairs.refusal_max_words])
-            pairs.append(Pair(request, jailbreaks[a * len(requests) + i][1], attack.name, p["response"], j["response"], target))
+            pairs.append(
+                Pair(
+                    request,
+                    jailbreaks[a * len(requests) + i][1],
+                    attack.name,
+                    p["response"],
+                    j["response"],
+                    target,
+                )
+            )
             routing["plain"].append((p["counts"], p["positions"]))
             routing["jailbreak"].append((j["counts"], j["positions"]))
         report[attack.name] = counts
@@ -309,24 +340,40 @@ def build_pairs(cfg: RASAConfig, accelerator: Accelerator, prepared: Prepared) -
 
 
 def _stack(rows: list[tuple[list, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.tensor([c for c, _ in rows], dtype=torch.long), torch.tensor([n for _, n in rows], dtype=torch.long)
+    return torch.tensor([c for c, _ in rows], dtype=torch.long), torch.tensor(
+        [n for _, n in rows], dtype=torch.long
+    )
 
 
 def pairs_config(cfg: RASAConfig) -> dict:
     """What stage 0's result depends on: a saved result made under anything else is not reused."""
-    return {"model": to_dict(cfg.model), "pairs": to_dict(cfg.pairs), "prompt_tokens": cfg.selection.prompt_tokens}
+    return {
+        "model": to_dict(cfg.model),
+        "pairs": to_dict(cfg.pairs),
+        "prompt_tokens": cfg.selection.prompt_tokens,
+    }
 
 
-def stage_pairs(cfg: RASAConfig, accelerator: Accelerator, prepared: Prepared, out: Path) -> tuple[list[Pair], dict]:
+def stage_pairs(
+    cfg: RASAConfig, accelerator: Accelerator, prepared: Prepared, out: Path
+) -> tuple[list[Pair], dict]:
     """Stage 0, or its saved result when this run (or one with the same model and pairs settings) did it."""
-    pairs_file, routing_file, made_by = out / "pairs.jsonl", out / "routing_counts.safetensors", out / "pairs_config.json"
+    pairs_file, routing_file, made_by = (
+        out / "pairs.jsonl",
+        out / "routing_counts.safetensors",
+        out / "pairs_config.json",
+    )
     if pairs_file.is_file() and routing_file.is_file():
         found = json.loads(made_by.read_text()) if made_by.is_file() else None
         if found != json.loads(json.dumps(pairs_config(cfg))):
-            raise ConfigError(f"{pairs_file}: made with other model or pairs settings ({made_by}); delete it, or use another output_dir")
+            raise ConfigError(
+                f"{pairs_file}: made with other model or pairs settings ({made_by}); delete it, or use another output_dir"
+            )
         pairs = [Pair(**json.loads(line)) for line in pairs_file.read_text(encoding="utf-8").splitlines()]
         tensors, _ = _load_state_file(routing_file)
-        return pairs, {side: (tensors[f"{side}.counts"], tensors[f"{side}.positions"]) for side in ("plain", "jailbreak")}
+        return pairs, {
+            side: (tensors[f"{side}.counts"], tensors[f"{side}.positions"]) for side in ("plain", "jailbreak")
+        }
     pairs, report, routing = build_pairs(cfg, accelerator, prepared)
     for name, counts in report.items():
         log.info("pairs: %s: %d of %d requests qualify (plain refused %d, jailbreak complied %d)",
@@ -334,10 +381,16 @@ def stage_pairs(cfg: RASAConfig, accelerator: Accelerator, prepared: Prepared, o
     if accelerator.is_main_process:
         atomic_write_json(out / "pairs_report.json", report)
         atomic_write_json(made_by, pairs_config(cfg))
-        tensors = {f"{side}.{what}": t.contiguous() for side, (c, n) in routing.items() for what, t in (("counts", c), ("positions", n))}
+        tensors = {
+            f"{side}.{what}": t.contiguous()
+            for side, (c, n) in routing.items()
+            for what, t in (("counts", c), ("positions", n))
+        }
         remove_stale_temps(routing_file)
         save_safetensors(routing_file, tensors, checksum=True)
-        atomic_write_text(pairs_file, "".join(json.dumps(asdict(p)) + "\n" for p in pairs))  # last: marks stage 0 done
+        atomic_write_text(
+            pairs_file, "".join(json.dumps(asdict(p)) + "\n" for p in pairs)
+        )  # last: marks stage 0 done
     accelerator.wait_for_everyone()
     return pairs, routing
 
@@ -346,16 +399,22 @@ def stage_pairs(cfg: RASAConfig, accelerator: Accelerator, prepared: Prepared, o
 # Stage 1: safety-critical experts
 
 
-def stage_selection(cfg: RASAConfig, accelerator: Accelerator, model: torch.nn.Module, routing: dict, out: Path) -> tuple[Selection, list[tuple[int, int]]]:
+def stage_selection(
+    cfg: RASAConfig, accelerator: Accelerator, model: torch.nn.Module, routing: dict, out: Path
+) -> tuple[Selection, list[tuple[int, int]]]:
     view = moe_view(model)
     slots = view.shape[0] * view.shape[1]
     top_n = cfg.selection.top_n or max(1, round(cfg.selection.fraction * slots))
-    selection = select_experts(routing["jailbreak"], routing["plain"], top_n=top_n, batch_size=cfg.selection.batch_size)
+    selection = select_experts(
+        routing["jailbreak"], routing["plain"], top_n=top_n, batch_size=cfg.selection.batch_size
+    )
     chosen = {"union": selection.union, "global": selection.global_top}.get(cfg.selection.set)
     if cfg.selection.set == "random":
         chosen = random_slots(view.shape, len(selection.union), cfg.selection.seed)
     if cfg.repair.mode == "experts" and cfg.repair.enabled and not chosen:
-        raise ConfigError("selection: no expert is used more on jailbreaks than on plain requests (every RD ≤ 0); nothing to repair")
+        raise ConfigError(
+            "selection: no expert is used more on jailbreaks than on plain requests (every RD ≤ 0); nothing to repair"
+        )
     if accelerator.is_main_process:
         layer_ids = [layer.index for layer in view.layers]
         atomic_write_json(out / "experts.json", {**selection.to_dict(), "set": cfg.selection.set, "chosen": [list(s) for s in chosen],
@@ -371,7 +430,10 @@ def stage_selection(cfg: RASAConfig, accelerator: Accelerator, model: torch.nn.M
 
 
 def repair_examples(cfg: RASAConfig, tokenizer, pairs: Sequence[Pair]) -> list[dict]:
-    examples = [SFTExample(p.jailbreak, p.target, system=cfg.pairs.system, source=f"pair {i} ({p.attack})") for i, p in enumerate(pairs)]
+    examples = [
+        SFTExample(p.jailbreak, p.target, system=cfg.pairs.system, source=f"pair {i} ({p.attack})")
+        for i, p in enumerate(pairs)
+    ]
     return encode_all(examples, tokenizer, cfg.repair.train.max_length)
 
 
@@ -387,20 +449,35 @@ def routing_collator(tokenizer):
     def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
         batch = {}
         for side in ("plain", "jailbreak"):
-            padded = tokenizer.pad([{"input_ids": r[side]} for r in rows], padding=True, padding_side="right", return_tensors="pt")
-            batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"] = padded["input_ids"], padded["attention_mask"]
+            padded = tokenizer.pad(
+                [{"input_ids": r[side]} for r in rows],
+                padding=True,
+                padding_side="right",
+                return_tensors="pt",
+            )
+            batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"] = (
+                padded["input_ids"],
+                padded["attention_mask"],
+            )
         return batch
 
     return collate
 
 
-def layer_routing(view: MoEView, model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def layer_routing(
+    view: MoEView, model, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
     """``[L, E]``: each MoE layer's mean routing distribution over these prompts (losses.mean_routing)."""
     with RouterTrace(view, logits=True) as trace:
         model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1)
     rows, width = input_ids.shape
     scoring = view.family.scoring
-    return torch.stack([mean_routing(torch.cat(calls).view(rows, width, -1), attention_mask, scoring) for calls in trace.logits])
+    return torch.stack(
+        [
+            mean_routing(torch.cat(calls).view(rows, width, -1), attention_mask, scoring)
+            for calls in trace.logits
+        ]
+    )
 
 
 def routing_loss(view: MoEView, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
@@ -432,7 +509,11 @@ def _changing(model: torch.nn.Module, cfg: RASAConfig) -> dict[str, torch.Tensor
     resumed run needs to pick up after a finished stage."""
     view = moe_view(model)
     routers = {id(p) for p in view.router_parameters()}
-    return {n: p for n, p in model.named_parameters() if cfg.repair.mode == "full" or id(p) in routers or ".routealign_delta." in n}
+    return {
+        n: p
+        for n, p in model.named_parameters()
+        if cfg.repair.mode == "full" or id(p) in routers or ".routealign_delta." in n
+    }
 
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:
@@ -443,8 +524,12 @@ def _full(tensor: torch.Tensor) -> torch.Tensor:
 def _save_progress(accelerator: Accelerator, model, cfg: RASAConfig, out: Path, done: list[str]) -> None:
     state = {n: _full(p.detach()).cpu().contiguous() for n, p in _changing(model, cfg).items()}
     if accelerator.is_main_process:
-        remove_stale_temps(out / "state" / STATE_FILE)  # a killed save's temporary (the run's lock makes us its one writer)
-        save_safetensors(out / "state" / STATE_FILE, state, metadata={"done": json.dumps(done)}, checksum=True)
+        remove_stale_temps(
+            out / "state" / STATE_FILE
+        )  # a killed save's temporary (the run's lock makes us its one writer)
+        save_safetensors(
+            out / "state" / STATE_FILE, state, metadata={"done": json.dumps(done)}, checksum=True
+        )
     accelerator.wait_for_everyone()
 
 
@@ -456,7 +541,9 @@ def _load_progress(model, cfg: RASAConfig, out: Path) -> list[str]:
     done = json.loads(header.get("done", "[]"))
     named = _changing(model, cfg)
     if set(weights) != set(named):
-        raise ConfigError(f"{path}: saved state does not match this run's trainable parameters; delete it to start over")
+        raise ConfigError(
+            f"{path}: saved state does not match this run's trainable parameters; delete it to start over"
+        )
     with torch.no_grad():
         for name, value in weights.items():
             named[name].copy_(value)
@@ -511,7 +598,9 @@ def train_rounds(cfg: RASAConfig, accelerator: Accelerator, prepared: Prepared, 
             if key in done:
                 continue
             set_trainable(model, params)
-            stage = recipe_stage(out, key, f"round{r}-{name}", model, examples, collate, train_cfg, loss_fn, callbacks)
+            stage = recipe_stage(
+                out, key, f"round{r}-{name}", model, examples, collate, train_cfg, loss_fn, callbacks
+            )
             run_stage(accelerator, stage)
             done.append(key)
             _save_progress(accelerator, accelerator.unwrap_model(model), cfg, out, done)
@@ -525,7 +614,9 @@ def train_rounds(cfg: RASAConfig, accelerator: Accelerator, prepared: Prepared, 
 # The run
 
 
-def save_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer, out: Path, dtypes: dict[str, torch.dtype]) -> None:
+def save_model(
+    accelerator: Accelerator, model: torch.nn.Module, tokenizer, out: Path, dtypes: dict[str, torch.dtype]
+) -> None:
     """The aligned model as a plain transformers folder: deltas merged into the fused tensors, master
     weights back in the dtype they were loaded in (``dtypes``, by name)."""
     state = merged_state_dict(accelerator.get_state_dict(model))
@@ -537,11 +628,18 @@ def save_model(accelerator: Accelerator, model: torch.nn.Module, tokenizer, out:
     accelerator.wait_for_everyone()
 
 
-def write_report(out: Path, cfg: RASAConfig, pairs: list[Pair], chosen: list[tuple[int, int]], shape: tuple[int, int]) -> None:
-    report = json.loads((out / "pairs_report.json").read_text()) if (out / "pairs_report.json").is_file() else {}
+def write_report(
+    out: Path, cfg: RASAConfig, pairs: list[Pair], chosen: list[tuple[int, int]], shape: tuple[int, int]
+) -> None:
+    report = (
+        json.loads((out / "pairs_report.json").read_text()) if (out / "pairs_report.json").is_file() else {}
+    )
     lines = [f"# RASA run: {cfg.model.name_or_path}", "", "## Stage 0: pairs", "",
              "| attack | requests | plain refused | jailbreak complied | qualified |", "|---|---|---|---|---|"]  # fmt: skip
-    lines += [f"| {a} | {c['requests']} | {c['plain_refused']} | {c['jailbreak_complied']} | {c['qualified']} |" for a, c in report.items()]
+    lines += [
+        f"| {a} | {c['requests']} | {c['plain_refused']} | {c['jailbreak_complied']} | {c['qualified']} |"
+        for a, c in report.items()
+    ]
     lines += ["", f"{len(pairs)} pairs; target: {cfg.pairs.refusal}.", "", "## Stage 1: experts", "",
               f"{len(chosen)} of {shape[0] * shape[1]} (layer, expert) slots chosen ({cfg.selection.set}); "
               "scores in `experts.json`, map in `experts_heatmap.png`.", "", "## Stages 2 and 3", "",
@@ -551,7 +649,10 @@ def write_report(out: Path, cfg: RASAConfig, pairs: list[Pair], chosen: list[tup
     for line in log_file.read_text().splitlines() if log_file.is_file() else []:
         entry = json.loads(line)
         stages.setdefault(entry["stage"], []).append(entry)
-    lines += [f"| {name} | {e[-1]['step']} | {e[0]['loss']:.4g} | {e[-1]['loss']:.4g} |" for name, e in stages.items()]
+    lines += [
+        f"| {name} | {e[-1]['step']} | {e[0]['loss']:.4g} | {e[-1]['loss']:.4g} |"
+        for name, e in stages.items()
+    ]
     atomic_write_text(out / "report.md", "\n".join(lines) + "\n")
 
 

@@ -141,19 +141,27 @@ def prepare(cfg: SafeMoEConfig) -> Prepared:
     tokenizer = load_tokenizer(cfg.model)
     ensure_chat_template(tokenizer, cfg.model.chat_template_fallback, cfg.model.name_or_path)
     tokenizer.padding_side = "right"
-    domains = split_domains(load_sft(cfg.experts.data), cfg.experts.domains or None, min_examples=cfg.experts.min_examples)
-    experts = {d: encode_all(examples, tokenizer, cfg.experts.train.max_length) for d, examples in domains.items()}
+    domains = split_domains(
+        load_sft(cfg.experts.data), cfg.experts.domains or None, min_examples=cfg.experts.min_examples
+    )
+    experts = {
+        d: encode_all(examples, tokenizer, cfg.experts.train.max_length) for d, examples in domains.items()
+    }
     router = encode_all(load_sft(cfg.router.data), tokenizer, cfg.router.train.max_length)
     model = load_model(cfg.model)
     check_targets(model, cfg.experts.lora.target_modules)
     gate = cfg.router.gate
     n_layers = model.config.num_hidden_layers
     if gate.kind == "sequence" and gate.layer is not None and not 0 <= gate.layer < n_layers:
-        raise ConfigError(f"router.gate.layer: {gate.layer} is outside 0..{n_layers - 1} ({cfg.model.name_or_path} has {n_layers} layers)")
+        raise ConfigError(
+            f"router.gate.layer: {gate.layer} is outside 0..{n_layers - 1} ({cfg.model.name_or_path} has {n_layers} layers)"
+        )
     return Prepared(tokenizer, model, experts, router)
 
 
-def train_experts(cfg: SafeMoEConfig, accelerator: Accelerator, prepared: Prepared, out: Path, callbacks=()) -> list[dict]:
+def train_experts(
+    cfg: SafeMoEConfig, accelerator: Accelerator, prepared: Prepared, out: Path, callbacks=()
+) -> list[dict]:
     """Stage A. Finished experts are skipped, so a killed run picks up where it stopped."""
     folders = expert_folders(list(prepared.experts))
     model = prepared.model
@@ -165,19 +173,33 @@ def train_experts(cfg: SafeMoEConfig, accelerator: Accelerator, prepared: Prepar
         log.info("stage A: expert %r on %d examples", domain, len(examples))
         stage = partial(recipe_stage, out, f"expert:{domain}", folders[domain], examples=examples,
                         collate=sft_collator(prepared.tokenizer), cfg=cfg.experts.train, loss_fn=sft_loss, callbacks=callbacks)  # fmt: skip
-        model = train_lora_expert(accelerator, model, cfg.experts.lora, cfg.experts.train.seed + index, final, stage)
+        model = train_lora_expert(
+            accelerator, model, cfg.experts.lora, cfg.experts.train.seed + index, final, stage
+        )
     prepared.model = model
     return [{"name": d, "path": folders[d]} for d in prepared.experts]
 
 
-def train_router(cfg: SafeMoEConfig, accelerator: Accelerator, prepared: Prepared, out: Path, experts: list[dict], callbacks=()):
+def train_router(
+    cfg: SafeMoEConfig,
+    accelerator: Accelerator,
+    prepared: Prepared,
+    out: Path,
+    experts: list[dict],
+    callbacks=(),
+):
     """Stage B: gates only, on safe-and-informative answers."""
     model = prepared.model
     experts_read = [read_peft_expert(out / e["path"], e["name"]) for e in experts]
     # Seeded gates: a run resumed in stage B (after its experts were skipped) starts the same gates.
     mixture = attach_mixture(model, experts_read, cfg.router.gate, seed=cfg.router.train.seed)
     mixture.freeze_all_but_gates()
-    log.info("stage B: %s gates over %d experts on %d examples", cfg.router.gate.kind, len(experts), len(prepared.router))
+    log.info(
+        "stage B: %s gates over %d experts on %d examples",
+        cfg.router.gate.kind,
+        len(experts),
+        len(prepared.router),
+    )
     stage = recipe_stage(out, "router", "router", model, prepared.router, sft_collator(prepared.tokenizer), cfg.router.train,
                          router_loss(cfg.router.gate), callbacks)  # fmt: skip
     run_stage(accelerator, stage)
@@ -190,6 +212,8 @@ def main(cfg: SafeMoEConfig, callbacks: Sequence[Callback] = ()) -> Path:
     def train(accelerator: Accelerator, prepared: Prepared, out: Path) -> None:
         experts = train_experts(cfg, accelerator, prepared, out, callbacks)
         mixture, stage = train_router(cfg, accelerator, prepared, out, experts, callbacks)
-        write_mixture_artifact(accelerator, out, cfg, mixture=mixture, stage=stage, experts=experts, gate=cfg.router.gate)
+        write_mixture_artifact(
+            accelerator, out, cfg, mixture=mixture, stage=stage, experts=experts, gate=cfg.router.gate
+        )
 
     return run_recipe(cfg, cfg.experts.train.precision, lambda accelerator: prepare(cfg), train)
