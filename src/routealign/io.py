@@ -303,31 +303,40 @@ def folder_lock(
 ) -> Iterator[Path]:
     """Hold an exclusive lock on ``folder`` (created if needed) for the block, or fail at once.
 
-    The lock is ``filelock``'s on ``FOLDER/.routealign.lock`` (an OS lock: the kernel drops it when the
-    process dies, so a killed run never leaves the folder locked). The file records what holds it
-    (``what``) and its pid, which a second claimant reads into its error. A folder with contents that no
-    earlier ``what`` made (:func:`refuse_foreign`) is refused first.
+    The lock is ``flock`` on ``FOLDER/.routealign.lock``: the kernel drops it when the process dies, so
+    a killed run never leaves the folder locked. The file records what holds it (``what``) and its pid,
+    which a refused claimant reads into its error and :func:`locked_by` reads to recognise the folder.
+    Written here rather than with ``filelock`` (which the model cache's lock uses): filelock 3.x opens the
+    file with ``O_TRUNC`` on every attempt, so a refused claimant would erase the holder's record, and
+    4.x falls back to a soft lock whose marker file the record would overwrite.
+    A folder with contents that no earlier ``what`` made (:func:`refuse_foreign`) is refused first.
     """
-    from filelock import FileLock, Timeout
-
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise FolderBusyError(f"{folder}: is a file, not a folder; choose another output folder")
     refuse_foreign(folder, what, ours)
     folder.mkdir(parents=True, exist_ok=True)
     lock_path = folder / LOCK_FILE
-    lock = FileLock(lock_path, timeout=0)
+    f = open(lock_path, "a+", encoding="utf-8")
     try:
-        lock.acquire()
-    except Timeout:
-        holder = (lock_path.read_text(encoding="utf-8").strip() if lock_path.is_file() else "") or "unknown"
-        raise FolderBusyError(
-            f"{folder}: another process is writing this folder ({holder}); wait for it to finish "
-            "or choose another output folder"
-        ) from None
-    try:
-        lock_path.write_text(f"{what}, pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n",
-                             encoding="utf-8")  # fmt: skip
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; runs are not protected from each other there
+            fcntl = None
+        if fcntl is not None:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "unknown"
+                raise FolderBusyError(
+                    f"{folder}: another process is writing this folder ({holder}); wait for it to finish "
+                    "or choose another output folder"
+                ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{what}, pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
         yield folder
     finally:
-        lock.release()
+        f.close()  # closing releases the flock

@@ -3,7 +3,7 @@
 Readers turn public labelled sets (PyRIT scorer evaluations, JailbreakBench artifacts, HarmBench-style
 safe responses, benign Q&A) and routealign's own label files into :class:`LabelledPair` records;
 ``read_labelled("KIND=PATH")`` picks the reader. :func:`agreement` is accuracy with a Wilson interval.
-Used by ``routealign judge fit`` (:mod:`.embedding`) and ``experiments/judge_labels``.
+Used by ``routealign judge fit`` (:mod:`.fit`) and ``experiments/judge_labels``.
 """
 
 from __future__ import annotations

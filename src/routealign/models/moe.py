@@ -10,7 +10,7 @@ Everything here works through forward hooks on the model as transformers builds 
 patched:
 
 * :class:`RouterTrace` records every router call (top-k indices, optionally the logits with their
-  graph), e.g. during batched ``generate``; :func:`routed_generate` turns a trace into per-sample
+  graph), e.g. during batched ``generate``; :func:`routealign.generation.routed_generate` turns a trace into per-sample
   counts of how often each (layer, expert) was in the top-k, over generated tokens (and optionally
   prompt tokens), padding and post-EOS positions excluded.
 * :class:`ExpertDelta` trains chosen experts' slices of the fused tensors as separate small parameters

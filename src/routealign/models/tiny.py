@@ -24,7 +24,8 @@ def byte_tokenizer(chat_template: str | None = CHATML) -> PreTrainedTokenizerFas
     """One token per byte (256) plus pad / im_start / im_end: vocabulary of 259.
 
     The byte symbols are numbered in sorted order: ``ByteLevel.alphabet()`` returns them in an order that
-    follows ``PYTHONHASHSEED``, which made every random tiny model's answers differ between processes."""
+    changes from one process to the next, which made every random tiny model's answers differ between
+    processes."""
     vocab = {symbol: i for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
@@ -97,9 +98,8 @@ def tiny_moe(model_type: str = "mixtral", num_experts: int = 4, top_k: int = 2, 
     config = AutoConfig.for_model(model_type, **{**fields, experts_field: num_experts, **extra, **overrides})
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
-    with (
-        torch.no_grad()
-    ):  # some families start routers (or their correction bias) at zero: route by real scores
+    # Some families start routers (or their correction bias) at zero: route by real scores.
+    with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("mlp.gate.weight"):
                 p.normal_(0, 0.5)
