@@ -53,7 +53,7 @@ PRESETS = {
         batch=4,
         seq=512,
         dtype="bfloat16",
-    ),  # fmt: skip
+    ),
     # The same expert count, top-k and chosen share, scaled down to fit 2 CPU cores.
     "cpu-small": dict(
         layers=4,
@@ -66,7 +66,7 @@ PRESETS = {
         batch=4,
         seq=128,
         dtype="float32",
-    ),  # fmt: skip
+    ),
 }
 
 

@@ -92,9 +92,8 @@ def compare_runs(
     summaries = [load_summary(d) for d in run_dirs]
     labels = run_labels(run_dirs, summaries)
     samples = [load_samples(d / SAMPLES) if (d / SAMPLES).is_file() else None for d in run_dirs]
-    differences, notes = _differences(
-        summaries, samples, labels, run_dirs
-    )  # refuses unpaired items before writing
+    # Refuses runs whose items differ before anything is written.
+    differences, notes = _differences(summaries, samples, labels, run_dirs)
     pareto = pareto_reading(summaries, samples, labels, helpfulness)
     corrected = _corrected(summaries, samples, labels, error) if error is not None else None
 

@@ -192,10 +192,8 @@ def _mover(s_a, m_a, s_b, m_b, alpha: float) -> tuple[float, float]:
     p_a, p_b = s_a.sum() / m_a.sum(), s_b.sum() / m_b.sum()
     l_a, u_a = rate_bounds(s_a[m_a > 0], m_a[m_a > 0], alpha)
     l_b, u_b = rate_bounds(s_b[m_b > 0], m_b[m_b > 0], alpha)
-    r_a, r_b = (
-        s_a - p_a * m_a,
-        s_b - p_b * m_b,
-    )  # linearised deviations per cluster (0 where a run has no rows)
+    # Linearised deviations per cluster (0 where a run has no rows).
+    r_a, r_b = s_a - p_a * m_a, s_b - p_b * m_b
     var_a, var_b, cov = float(r_a @ r_a), float(r_b @ r_b), float(r_a @ r_b)
     if cov > 0:
         # Newcombe's continuity correction (ad − bc − N/2 in his 2 × 2 table, i.e. 1/2 off this sum for one
