@@ -2,7 +2,7 @@
 
 What it measures, in ONE run (median optimiser-step time over ``--steps`` steps after ``--warmup``):
 
-* ``routealign``          routealign's DPO stage (``routealign.dpo.dpo_loss`` in ``routealign.training``),
+* ``routealign``          routealign's DPO stage (``routealign.methods.midpo.dpo.dpo_loss`` in ``routealign.training``),
                           the reference = the same base with the adapter disabled, run at every step;
 * ``routealign-cached``   the same, with the reference log-probs precomputed (``precompute_reference``);
 * ``trl``                 TRL's ``DPOTrainer`` with a ``peft_config`` (its reference is also the base
@@ -80,9 +80,9 @@ def run_routealign(args, base_state, tokenizer, pairs, variant: str) -> float:
     from routealign.config import GateConfig, TrainConfig
     from routealign.data.collate import encode_pairs, pair_collator
     from routealign.data.records import PreferencePair
-    from routealign.dpo import dpo_loss, precompute_reference
+    from routealign.methods.midpo.dpo import dpo_loss, precompute_reference
+    from routealign.methods.midpo.recipe import router_loss
     from routealign.models.mixture import attach_mixture, read_peft_expert
-    from routealign.recipes.midpo import router_loss
     from routealign.training import Stage, run_stage
 
     model = fresh_model(args, base_state)

@@ -92,7 +92,7 @@ def run_variant(
     variant: str, shape: dict, share: float, steps: int, warmup: int, device: str, checkpointing: bool
 ) -> dict:
     """Train ``variant`` for warmup + steps optimiser steps in this process; memory and times."""
-    from routealign.expert_selection import by_layer, random_slots
+    from routealign.methods.rasa.selection import by_layer, random_slots
     from routealign.models.moe import expert_deltas, moe_view
 
     model = build(shape, device)

@@ -1,5 +1,6 @@
 """Fixtures: tiny random Llama models, a byte tokenizer, PEFT expert folders, a small artifact, the
-embedded-model cache."""
+embedded-model cache, and for the judge tests a module's tiny model, a fake OpenAI-compatible server and a
+stand-in progress bar."""
 
 from __future__ import annotations
 
@@ -7,8 +8,16 @@ from pathlib import Path
 
 import pytest
 
+import routealign.judges.base as judges_base
 from routealign.models.tiny import byte_tokenizer, tiny_llama
-from tests.helpers import group_umask, make_peft_experts  # noqa: F401 - group_umask is a fixture
+from tests.helpers import (  # noqa: F401 - group_umask is a fixture
+    KEY_ENV,
+    SECRET,
+    FakeBar,
+    FakeOpenAI,
+    group_umask,
+    make_peft_experts,
+)
 
 
 @pytest.fixture
@@ -34,7 +43,7 @@ def tiny_model_dir(tmp_path) -> Path:
 def artifact(tmp_path, tiny_model_dir) -> Path:
     """A small SafeMoE artifact on the tiny model (two steps per stage)."""
     from routealign.config import load_config
-    from routealign.recipes.safemoe import SafeMoEConfig, main
+    from routealign.methods.safemoe import SafeMoEConfig, main
     from tests.helpers import safemoe_config
 
     data = safemoe_config(tmp_path, tiny_model_dir)
@@ -55,3 +64,26 @@ def embedded_cache(tmp_path_factory):
         del os.environ["ROUTEALIGN_CACHE"]
     else:
         os.environ["ROUTEALIGN_CACHE"] = old
+
+
+# --- judges ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_llama(), byte_tokenizer(chat_template=None)
+
+
+@pytest.fixture
+def fake_api(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, SECRET)
+    server = FakeOpenAI()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def fake_bar(monkeypatch):
+    FakeBar.opened = []
+    monkeypatch.setattr(judges_base, "tqdm", FakeBar)
+    return FakeBar

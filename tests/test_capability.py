@@ -318,7 +318,7 @@ def test_load_mmlu_from_hub_columns(monkeypatch):
                 {"question": f"q{i}", "subject": subject, "choices": ["w", "x", "y", "z"], "answer": i},
             )
 
-    monkeypatch.setattr(cap, "read_rows", fake_read_rows)
+    monkeypatch.setattr(cap.mmlu, "read_rows", fake_read_rows)
     questions, dev = cap.load_mmlu(subjects=["anatomy"])
     assert seen == [("cais/mmlu", "all", "test"), ("cais/mmlu", "all", "dev")]
     assert [q.id for q in questions] == ["anatomy/test/0", "anatomy/test/1"] and questions[1].answer == 2
@@ -417,7 +417,7 @@ def test_gsm8k_end_to_end_planted_generations(tmp_path, monkeypatch, tokenizer):
         seen.update(prompts=prompts, max_new_tokens=max_new_tokens)
         return [Generation(p, a, []) for p, a in zip(prompts, answers, strict=True)]
 
-    monkeypatch.setattr(cap, "generate", fake_generate)
+    monkeypatch.setattr(cap.gsm8k, "generate", fake_generate)
     result = cap.run_capability("gsm8k", None, tokenizer, path=path, max_new_tokens=17)
     assert [r["prediction"] for r in result.rows] == ["5", "2400", "11"]
     assert [r["correct"] for r in result.rows] == [True, True, False] and result.accuracy == pytest.approx(
@@ -485,7 +485,7 @@ def test_load_truthfulqa_hub_lists(monkeypatch):
                "correct_answers": ["Yes", "Indeed"], "incorrect_answers": ["No"], "source": "s"}  # fmt: skip
         yield f"{name}, row 1", row
 
-    monkeypatch.setattr(cap, "read_rows", fake_read_rows)
+    monkeypatch.setattr(cap.truthfulqa, "read_rows", fake_read_rows)
     (q,) = cap.load_truthfulqa()
     assert (q.category, q.best, q.correct, q.incorrect) == ("Law", "Yes.", ("Yes.", "Indeed."), ("No.",))
 

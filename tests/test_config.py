@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from routealign.config import ConfigError, GateConfig, apply_overrides, from_dict, packaged_configs
-from routealign.recipes import load_recipe_config
+from routealign.methods import load_recipe_config
 
 
 @pytest.mark.parametrize("name", packaged_configs())

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 import routealign
 from routealign.config import load_config
 from routealign.generation import generate
-from routealign.recipes.safemoe import SafeMoEConfig
+from routealign.methods.safemoe import SafeMoEConfig
 from tests.helpers import assert_gates_trained, safemoe_config
 
 
@@ -169,9 +169,9 @@ def test_midpo_under_two_processes_shares_the_reference_work(tmp_path, tiny_mode
     """Each process computes the reference log-probs of its share of the pairs; the cached result is
     the one a single process computes, pair for pair."""
     from routealign.data.collate import pair_collator
-    from routealign.dpo import precompute_reference
+    from routealign.methods.midpo import MidPOConfig, prepare
+    from routealign.methods.midpo.dpo import precompute_reference
     from routealign.models.tiny import byte_tokenizer, tiny_llama
-    from routealign.recipes.midpo import MidPOConfig, prepare
     from tests.helpers import midpo_config
 
     data = midpo_config(tmp_path, tiny_model_dir)
@@ -247,7 +247,7 @@ def _rasa_script(tmp_path, config) -> Path:
         f"import sys\nsys.path.insert(0, {str(repo)!r})\n"
         "from routealign.judges.base import JUDGES\nfrom tests.helpers import FirstSeenRefused\n"
         "FirstSeenRefused.name = 'first-seen-refused'\nJUDGES['first-seen-refused'] = FirstSeenRefused\n"
-        "from routealign.config import load_config\nfrom routealign.recipes.rasa import RASAConfig, main\n"
+        "from routealign.config import load_config\nfrom routealign.methods.rasa import RASAConfig, main\n"
         f"main(load_config(RASAConfig, {str(config)!r}))\n"
     )
     return script
@@ -259,7 +259,7 @@ def test_rasa_on_a_bf16_model_trains_float32_master_weights_and_saves_bf16(tmp_p
 
     from routealign.config import ConfigError
     from routealign.judges.base import JUDGES
-    from routealign.recipes.rasa import RASAConfig, main
+    from routealign.methods.rasa import RASAConfig, main
     from tests.helpers import FirstSeenRefused, rasa_config, tiny_moe_dir
 
     moe_dir = tiny_moe_dir(tmp_path, "olmoe", num_experts=8, top_k=2)

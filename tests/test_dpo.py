@@ -13,7 +13,7 @@ from peft import LoraConfig, get_peft_model
 from routealign.config import TrainConfig
 from routealign.data import PreferencePair
 from routealign.data.collate import encode_pairs, pair_collator
-from routealign.dpo import (
+from routealign.methods.midpo.dpo import (
     adapters_off,
     dpo_loss,
     pair_logps,
@@ -118,7 +118,7 @@ def test_a_damaged_reference_cache_entry_is_named_discarded_and_recomputed(
         save_file({"chosen": torch.zeros(4), "rejected": torch.zeros(4)}, str(path))
     calls = []
     base.register_forward_hook(lambda *a: calls.append(1))
-    with caplog.at_level("WARNING", logger="routealign.dpo"):
+    with caplog.at_level("WARNING", logger="routealign.methods.midpo.dpo"):
         again = precompute_reference(base, examples, collate, path=path)
     assert calls, "the damaged entry was used instead of being recomputed"
     assert str(path) in caplog.text and "computing the reference log-probs again" in caplog.text

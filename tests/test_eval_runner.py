@@ -538,7 +538,7 @@ def test_capability_progress_reports_items_and_keeps_the_scores(tmp_path, monkey
     model, tokenizer, root = tiny_llama(), byte_tokenizer(), str(_mmlu(tmp_path))
     plain = capability.run_capability("mmlu", model, tokenizer, path=root, shots=1, batch_size=1)
     reports = []
-    monkeypatch.setattr(capability, "PROGRESS_BATCHES", 2)  # chunks of 2 items at batch size 1
+    monkeypatch.setattr(capability.run, "PROGRESS_BATCHES", 2)  # chunks of 2 items at batch size 1
     shown = capability.run_capability(
         "mmlu",
         model,

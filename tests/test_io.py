@@ -206,7 +206,7 @@ def test_earlier_outputs_are_told_from_user_files_of_the_same_name(tmp_path, tin
     """A folder with a run_config.json or summary.json that routealign did not write is still foreign."""
     from routealign.cli import main
     from routealign.evaluation.metrics import is_eval_folder
-    from routealign.recipes.common import is_run_folder
+    from routealign.recipe import is_run_folder
 
     (tmp_path / "run_config.json").write_text('{"lr": 3}')
     (tmp_path / "summary.json").write_text('{"accuracy": 0.9}')

@@ -16,11 +16,12 @@ from routealign.data import DataError
 from routealign.data.collate import encode_pairs, pair_collator
 from routealign.data.records import PreferencePair
 from routealign.generation import generate
+from routealign.methods import load_recipe_config
+from routealign.methods.lora import peft_lora
+from routealign.methods.midpo import EXPERTS, MidPOConfig, main
+from routealign.methods.midpo.recipe import router_loss
 from routealign.models.mixture import attach_mixture, read_peft_expert
 from routealign.models.tiny import byte_tokenizer, tiny_llama
-from routealign.recipes import load_recipe_config
-from routealign.recipes.common import peft_lora
-from routealign.recipes.midpo import EXPERTS, MidPOConfig, main, router_loss
 from routealign.training import Stage, run_stage
 from tests.helpers import midpo_config, modes_not_from_umask
 
@@ -272,7 +273,7 @@ def reward_model_dir(tmp_path):
 
 
 def _chatml(prompt: str, response: str) -> str:
-    """The byte tokenizer's ChatML chat, written out by hand (not through routealign.reward.render)."""
+    """The byte tokenizer's ChatML chat, written out by hand (not through routealign.methods.midpo.reward.render)."""
     return f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n{response}<|im_end|>\n"
 
 
@@ -284,7 +285,7 @@ def _reward_by_hand(model, tok, prompt: str, response: str) -> float:
 
 
 def test_reward_model_scores_each_pair_as_a_chat(reward_model_dir):
-    from routealign.reward import load_scorer, render, score
+    from routealign.methods.midpo.reward import load_scorer, render, score
 
     model, tok = load_scorer(str(reward_model_dir), device="cpu")
     pairs = [
@@ -308,8 +309,9 @@ def test_reward_model_scores_each_pair_as_a_chat(reward_model_dir):
 
 
 def test_margin_from_a_reward_model(tmp_path, tiny_model_dir, reward_model_dir, cache):
-    from routealign.recipes.midpo import MarginConfig, margin_scores
-    from routealign.reward import load_scorer
+    from routealign.methods.midpo.config import MarginConfig
+    from routealign.methods.midpo.recipe import margin_scores
+    from routealign.methods.midpo.reward import load_scorer
 
     margin = {"source": "model", "model": str(reward_model_dir), "higher_is": "better"}
     pairs = [
@@ -341,7 +343,7 @@ def test_a_reward_model_that_is_missing_unloadable_or_broken_is_a_clear_error(tm
                                                                               cache, monkeypatch):  # fmt: skip
     from safetensors.torch import load_file, save_file
 
-    from routealign.recipes import midpo
+    from routealign.methods.midpo import recipe as midpo
 
     loaded = []
     monkeypatch.setattr(

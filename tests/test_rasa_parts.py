@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from routealign.expert_selection import (
+from routealign.losses import mean_routing, routing_kl
+from routealign.methods.rasa.selection import (
     by_layer,
     frequencies,
     random_slots,
@@ -15,7 +16,6 @@ from routealign.expert_selection import (
     select_experts,
     top_positive,
 )
-from routealign.losses import mean_routing, routing_kl
 
 
 def test_routing_kl_by_hand():

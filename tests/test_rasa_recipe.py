@@ -11,9 +11,9 @@ from transformers import AutoModelForCausalLM
 
 from routealign.config import ConfigError, load_config
 from routealign.judges.base import JUDGES, Judge, Verdict
+from routealign.methods.rasa import RASAConfig, main
 from routealign.models.moe import moe_view
 from routealign.models.tiny import TINY_MOE
-from routealign.recipes.rasa import RASAConfig, main
 from tests.helpers import REQUESTS, FirstSeenRefused, modes_not_from_umask, rasa_config, tiny_moe_dir
 
 

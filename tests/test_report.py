@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from routealign.evaluation.compare import add_compare_args, cmd_compare, compare_runs, run_labels
+from routealign.evaluation.documents import fmt_pct
 from routealign.evaluation.metrics import summarize, write_summary
 from routealign.evaluation.report import (
     add_report_args,
     cmd_report,
-    fmt_pct,
     pick_examples,
     verdict,
     write_report,

@@ -15,9 +15,10 @@ from routealign.config import GateConfig, TrainConfig, load_config
 from routealign.data.collate import encode_all, sft_collator
 from routealign.data.records import SFTExample
 from routealign.generation import generate
+from routealign.methods.safemoe import SafeMoEConfig, main
+from routealign.methods.safemoe.recipe import sft_loss
 from routealign.models.mixture import attach_mixture, read_peft_expert
 from routealign.models.tiny import byte_tokenizer, tiny_llama
-from routealign.recipes.safemoe import SafeMoEConfig, main, sft_loss
 from routealign.training import Stage, run_stage
 from tests.helpers import initial_gates, make_peft_experts, modes_not_from_umask, safemoe_config
 
@@ -162,7 +163,7 @@ def test_regularised_sequence_gate_recipe(tmp_path, tiny_model_dir):
     """The regulariser really enters the router loss and changes what the gates learn."""
     from routealign.losses import load_balance
     from routealign.losses.routing import gate_entropy
-    from routealign.recipes.safemoe import router_loss
+    from routealign.methods.safemoe.recipe import router_loss
 
     def train(root, **coefs):
         data = safemoe_config(root, tiny_model_dir, kind="sequence", layer=1, top_k=2, **coefs)
@@ -199,8 +200,8 @@ def test_config_mistakes_fail_before_training_and_leave_the_folder_free(
 ):
     """A bad gate-data path, target module or gate layer is reported before stage A trains, and the
     corrected run then uses the same output folder."""
-    import routealign.recipes.common as common  # where each expert's stage runs
-    import routealign.recipes.safemoe as recipe  # where the router's runs
+    import routealign.methods.lora as common  # where each expert's stage runs
+    import routealign.methods.safemoe.recipe as recipe  # where the router's runs
     from routealign.config import ConfigError
     from routealign.data import DataError
 
@@ -238,7 +239,7 @@ def test_a_run_that_trained_nothing_leaves_the_folder_to_the_corrected_config(
 ):
     """The first step fails (out of memory, say) after the folder was claimed: a smaller batch then
     takes the folder over; once an expert is finished, a different config is refused."""
-    import routealign.recipes.common as recipe  # where each expert's stage runs
+    import routealign.methods.lora as recipe  # where each expert's stage runs
 
     data = safemoe_config(tmp_path, tiny_model_dir)
     data["experts"]["train"]["max_steps"] = 1

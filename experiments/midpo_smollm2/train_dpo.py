@@ -14,8 +14,10 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from routealign.recipes import load_recipe_config
-from routealign.recipes.midpo import prepare, train_expert
+from routealign.methods import load_recipe_config
+from routealign.methods.midpo import prepare
+from routealign.methods.midpo.recipe import train_expert
+from routealign.recipe import Run
 
 
 def main() -> None:
@@ -31,8 +33,8 @@ def main() -> None:
     accelerator = Accelerator(mixed_precision=cfg.safety.train.precision)
     try:
         prepared = prepare(cfg, accelerator)
-        prepared.pairs["union"] = prepared.pairs["safety"]  # the safety block now reads the union
-        train_expert(cfg.safety, "union", 0, accelerator, prepared, out / "experts" / "union", out)
+        # The safety block now reads the union; its expert is saved as "union".
+        train_expert("safety", Run(cfg, accelerator, out, prepared), saved_as="union")
     finally:
         accelerator.end_training()
 

@@ -15,8 +15,10 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from routealign.recipes import load_recipe_config
-from routealign.recipes.safemoe import prepare, train_experts
+from routealign.methods import load_recipe_config
+from routealign.methods.safemoe import prepare
+from routealign.methods.safemoe.recipe import train_expert
+from routealign.recipe import Run
 
 
 def main() -> None:
@@ -37,8 +39,11 @@ def main() -> None:
     if (out / "experts" / "refusal" / "adapter_config.json").is_file():
         print(f"{out}: erasure LoRA already trained")
         return
-    experts = train_experts(cfg, Accelerator(), prepare(cfg), out)
-    print(f"erasure LoRA: {experts}")
+    accelerator = Accelerator()
+    run = Run(cfg, accelerator, out, prepare(cfg, accelerator))
+    for domain in run.prepared.experts:  # one: the refusals
+        train_expert(domain, run)
+    print(f"erasure LoRA: {out / 'experts'}")
 
 
 if __name__ == "__main__":

@@ -26,10 +26,11 @@ QUICKSTART_HELDOUT = "routealign://quickstart/gate_heldout.jsonl"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .recipes import RECIPES, load_recipe_config
+    from .methods import RECIPES, load_recipe_config
+    from .recipe import run_recipe
 
     cfg = load_recipe_config(args.config, args.overrides)
-    out = RECIPES[cfg.recipe].main(cfg)
+    out = run_recipe(RECIPES[cfg.recipe], cfg)
     if _is_main_process():
         print(f"artifact: {out}")
     return 0
@@ -37,9 +38,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
     from .data import DataConfig, load_prompts
+    from .methods import load_recipe_config
+    from .methods.safemoe import main as train_safemoe
     from .models.artifact import MANIFEST, load, load_artifact_tokenizer
-    from .recipes import load_recipe_config
-    from .recipes.safemoe import main as train_safemoe
 
     cfg = load_recipe_config(QUICKSTART_CONFIG, [f"output_dir={args.output_dir}", *args.overrides])
     out = Path(cfg.output_dir)
@@ -61,7 +62,7 @@ def _empty_run_folder(out: Path) -> None:
     """Delete what a training run left in ``out``, holding its lock (a run writing it now is not disturbed);
     a folder that is not a training run's is refused, not deleted."""
     from .io import LOCK_FILE, folder_lock
-    from .recipes.common import is_run_folder
+    from .recipe import is_run_folder
 
     if not out.is_dir():
         return

@@ -207,6 +207,19 @@ def recover_dir(path: str | os.PathLike) -> None:
         os.replace(old, path)
 
 
+def recover_tree(root: str | os.PathLike) -> list[Path]:
+    """:func:`recover_dir` for every replacement under ``root`` that a kill interrupted; returns the
+    folders put back. Only the one writer of ``root`` may call this (under its run's lock)."""
+    root = Path(root)
+    recovered = []
+    for old in sorted(root.rglob(".*.old")) if root.is_dir() else []:
+        path = old.with_name(old.name[1 : -len(".old")])
+        if old.is_dir() and not path.exists():
+            recover_dir(path)
+            recovered.append(path)
+    return recovered
+
+
 def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
     """Delete the ``.NAME.*.tmp`` siblings of ``path`` that killed writes left; return what was removed.
 

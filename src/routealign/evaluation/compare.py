@@ -27,9 +27,8 @@ from pathlib import Path
 from ..config import ConfigError
 from ..data.sources import DataError
 from ..io import atomic_write_json, locked_by, refuse_foreign
-from .metrics import SAMPLES, check_finite, is_eval_folder, load_samples, load_summary, resampling_of
-from .paired import paired_differences
-from .report import (
+from ..plots import new_figure, to_png
+from .documents import (
     DIFFERENCES,
     INTERVALS,
     KIND_METRICS,
@@ -39,24 +38,24 @@ from .report import (
     Plot,
     Table,
     Text,
-    add_judge_error_arg,
     differences_table,
-    error_bar,
     fmt_diff,
     fmt_num,
     fmt_pct,
     headline_metrics,
     judge_error_section,
-    new_figure,
     ordered_benchmarks,
     policy_words,
     render_markdown,
     text_or_dash,
-    to_png,
     unparseable_counts,
     with_n,
     write_documents,
 )
+from .figures import error_bar
+from .metrics import SAMPLES, check_finite, is_eval_folder, load_samples, load_summary, resampling_of
+from .paired import paired_differences
+from .report import add_judge_error_arg
 
 HELPFULNESS = ("answered", "informativeness")
 

@@ -1,11 +1,16 @@
-"""One artifact folder per trained mixture, and ``routealign.load`` to bring it back.
+"""One artifact folder per trained run, and ``routealign.load`` to bring it back.
 
-Layout (every file written atomically; ``routealign.json`` last, so its presence means "complete")::
+The manifest records the artifact's ``kind``, and loading dispatches on it. Layouts (every file written
+atomically; ``routealign.json`` last, so its presence means "complete")::
 
-    ARTIFACT/
-      routealign.json        manifest: recipe, resolved config, expert names → folders, gate config
+    ARTIFACT/                kind: mixture (SafeMoE, MidPO)
+      routealign.json        manifest: kind, recipe, resolved config, expert names → folders, gate config
       experts/<slug>/        one standard PEFT LoRA adapter folder per expert (PEFT alone can load it)
       gates.safetensors      the trained gate heads
+
+    ARTIFACT/                kind: model (RASA)
+      routealign.json        manifest: kind, recipe, resolved config, the base model
+      model/                 a whole transformers model folder (``AutoModelForCausalLM`` loads it)
 """
 
 from __future__ import annotations
@@ -30,6 +35,11 @@ log = logging.getLogger(__name__)
 MANIFEST = "routealign.json"
 GATES = "gates.safetensors"
 FORMAT_VERSION = 1
+KINDS = ("mixture", "model")
+"""What an artifact holds: LoRA experts behind trained gates, or a whole transformers model folder."""
+LEGACY_KINDS = {"safemoe": "mixture", "midpo": "mixture", "rasa": "model"}
+"""The kind of an artifact whose manifest predates ``kind``, by its recipe."""
+MODEL_FOLDER = "model"
 
 
 def save_gates(mixture: Mixture, path: Path) -> None:
@@ -58,20 +68,42 @@ def check_gates_header(path: Path, mixture: Mixture) -> None:
         )
 
 
-def write_manifest(
-    folder: Path, *, recipe: str, config: dict, experts: list[dict], gate: GateConfig, model: ModelConfig
-) -> None:
+def write_manifest(folder: Path, *, kind: str, recipe: str, config: dict, model: ModelConfig,
+                   experts: list[dict] | None = None, gate: GateConfig | None = None) -> None:  # fmt: skip
+    """The manifest, written last: its presence means the artifact is complete. A ``mixture`` names
+    its experts and gate; a ``model`` holds its weights under ``model/``."""
+    if kind not in KINDS:
+        raise ValueError(f"kind: {kind!r} is not one of {', '.join(KINDS)}")
+    if (kind == "mixture") != (experts is not None and gate is not None):
+        raise ValueError("a mixture artifact names its experts and gate; a model artifact neither")
     manifest = {
         "format": "routealign-artifact",
         "format_version": FORMAT_VERSION,
         "routealign_version": __version__,
+        "kind": kind,
         "recipe": recipe,
         "model": asdict(model),
-        "experts": experts,
-        "gate": asdict(gate),
-        "config": config,
     }
+    if kind == "mixture":
+        manifest.update(experts=experts, gate=asdict(gate))
+    manifest["config"] = config
     atomic_write_json(folder / MANIFEST, manifest)
+
+
+def recorded_kind(manifest: dict) -> str | None:
+    """The manifest's ``kind``; manifests from before it was recorded say it by their recipe."""
+    return manifest.get("kind", LEGACY_KINDS.get(manifest.get("recipe")))
+
+
+def artifact_kind(manifest: dict, where: str | Path) -> str:
+    """:func:`recorded_kind`, which must be one this routealign loads."""
+    kind = recorded_kind(manifest)
+    if kind not in KINDS:
+        raise MixtureError(
+            f"{where}: artifact kind {kind!r} (recipe {manifest.get('recipe')!r}) is not one this routealign "
+            f"loads ({', '.join(KINDS)})"
+        )
+    return kind
 
 
 def read_manifest(folder: str | Path) -> dict:
@@ -91,7 +123,7 @@ def read_manifest(folder: str | Path) -> dict:
     ):
         shown = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise MixtureError(f"{path}: unknown artifact format {shown!r}")
-    required = ("model",) if manifest.get("recipe") in MODEL_RECIPES else ("model", "experts", "gate")
+    required = ("model",) if recorded_kind(manifest) == "model" else ("model", "experts", "gate")
     missing = [key for key in required if not isinstance(manifest.get(key), dict | list)]
     if missing:
         raise MixtureError(f"{path}: the manifest lacks {', '.join(missing)}")
@@ -116,7 +148,7 @@ def model_config(folder: str | Path, *, trust_remote_code: bool = False, **overr
     where = Path(folder) / MANIFEST
     manifest = read_manifest(folder)
     data = dict(manifest["model"])
-    if manifest.get("recipe") in MODEL_RECIPES:  # the trained weights themselves, inside the folder
+    if recorded_kind(manifest) == "model":  # the trained weights themselves, inside the folder
         data.update(name_or_path=str(Path(folder) / MODEL_FOLDER), gguf_file=None, revision=None)
     if data.get("attn_implementation") in FAST_ATTENTION:
         log.warning(
@@ -168,13 +200,6 @@ def gate_config(manifest: dict, where: str) -> GateConfig:
     return from_dict(GateConfig, data, f"{where}: gate")
 
 
-MIXTURE_RECIPES = ("safemoe", "midpo")
-"""Recipes whose artifact is LoRA experts behind gates (SafeMoE: softmax + null expert; MidPO: sigmoids)."""
-MODEL_RECIPES = ("rasa",)
-"""Recipes whose artifact is a whole transformers model folder (``model/`` inside the artifact)."""
-MODEL_FOLDER = "model"
-
-
 def load(
     folder: str | Path,
     *,
@@ -182,18 +207,12 @@ def load(
     dtype: str | None = None,
     trust_remote_code: bool = False,
 ) -> torch.nn.Module:
-    """The model an artifact describes, by the recipe its manifest names; see :func:`load_mixture`."""
-    manifest = read_manifest(folder)
-    recipe = manifest.get("recipe")
-    if recipe in MIXTURE_RECIPES:
+    """The model an artifact describes, by the kind its manifest records; see :func:`load_mixture`."""
+    if artifact_kind(read_manifest(folder), Path(folder) / MANIFEST) == "mixture":
         return load_mixture(folder, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-    if recipe in MODEL_RECIPES:  # the artifact holds a whole transformers model
-        cfg = model_config(folder, trust_remote_code=trust_remote_code, device=device, dtype=dtype)
-        return load_model(cfg, device=cfg.device).requires_grad_(False).eval()
-    known = ", ".join((*MIXTURE_RECIPES, *MODEL_RECIPES))
-    raise MixtureError(
-        f"{Path(folder) / MANIFEST}: recipe {recipe!r} is not one this routealign loads ({known})"
-    )
+    # The artifact holds a whole transformers model.
+    cfg = model_config(folder, trust_remote_code=trust_remote_code, device=device, dtype=dtype)
+    return load_model(cfg, device=cfg.device).requires_grad_(False).eval()
 
 
 def load_mixture(

@@ -23,7 +23,7 @@ def check_scorer(name_or_path: str, *, revision: str | None = None, trust_remote
     Anything else is a :class:`~routealign.config.ConfigError` naming the model."""
     from transformers import AutoConfig
 
-    from .config import ConfigError
+    from ...config import ConfigError
 
     try:
         config = AutoConfig.from_pretrained(
@@ -52,8 +52,8 @@ def load_scorer(
     loaded is a :class:`~routealign.config.ConfigError` naming it."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from .config import ConfigError
-    from .models.loading import pick_device
+    from ...config import ConfigError
+    from ...models.loading import pick_device
 
     check_scorer(name_or_path, revision=revision, trust_remote_code=trust_remote_code)
     kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}

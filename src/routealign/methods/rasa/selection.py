@@ -9,12 +9,20 @@ pairs at once is kept beside it as the global list.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from ...config import ConfigError
+from ...io import atomic_write_json
+from ...models.moe import moe_view
+from ...recipe import Run
+
+log = logging.getLogger(__name__)
 
 
 def frequencies(counts: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -107,8 +115,8 @@ def heatmap(
     """A layers × experts image of the global RD with the selected slots outlined."""
     from matplotlib.patches import Rectangle
 
-    from .io import atomic_file
-    from .plots import new_figure, to_png
+    from ...io import atomic_file
+    from ...plots import new_figure, to_png
 
     rd = torch.tensor(selection.global_rd)
     layers, experts = rd.shape
@@ -134,3 +142,31 @@ def heatmap(
     fig.colorbar(image, ax=ax, label="RD")
     with atomic_file(path) as tmp:
         tmp.write_bytes(to_png(fig, dpi=120))
+
+
+def stage_selection(run: Run) -> list[tuple[int, int]]:
+    """Stage 1: the risk difference of every (layer, expert) from stage 0's routing counts, and the
+    slots to repair (saved to ``experts.json`` and drawn to ``experts_heatmap.png``)."""
+    cfg, accelerator, out = run.cfg, run.accelerator, run.out
+    _, routing = run.results["pairs"]
+    view = moe_view(run.prepared.model)
+    slots = view.shape[0] * view.shape[1]
+    top_n = cfg.selection.top_n or max(1, round(cfg.selection.fraction * slots))
+    selection = select_experts(
+        routing["jailbreak"], routing["plain"], top_n=top_n, batch_size=cfg.selection.batch_size
+    )
+    chosen = {"union": selection.union, "global": selection.global_top}.get(cfg.selection.set)
+    if cfg.selection.set == "random":
+        chosen = random_slots(view.shape, len(selection.union), cfg.selection.seed)
+    if cfg.repair.mode == "experts" and cfg.repair.enabled and not chosen:
+        raise ConfigError(
+            "selection: no expert is used more on jailbreaks than on plain requests (every RD ≤ 0); nothing to repair"
+        )
+    if accelerator.is_main_process:
+        layer_ids = [layer.index for layer in view.layers]
+        atomic_write_json(out / "experts.json", {**selection.to_dict(), "set": cfg.selection.set, "chosen": [list(s) for s in chosen],
+                                                 "layer_ids": layer_ids, "chosen_share": round(len(chosen) / slots, 4)})  # fmt: skip
+        heatmap(selection, out / "experts_heatmap.png", layer_ids)
+    log.info("selection: %d of %d expert slots chosen (%s; top-%d per batch of %d pairs)",
+             len(chosen), slots, cfg.selection.set, top_n, cfg.selection.batch_size)  # fmt: skip
+    return chosen

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .io import DamagedFileError, cache_dir, load_safetensors, save_safetensors
-from .losses import preference_margin, sequence_logps, spe_dpo_loss
+from ...io import DamagedFileError, cache_dir, load_safetensors, save_safetensors
+from ...losses import preference_margin, sequence_logps, spe_dpo_loss
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def precompute_reference(
     reference log-probs are computed alike. ``state`` (accelerate's ``Accelerator`` or
     ``PartialState``): with several processes each computes its share of the pairs and all of them
     get the whole result (the main process writes the file), so no process waits idle on another."""
-    from .distributed import map_shards, on_main
+    from ...distributed import map_shards, on_main
 
     def cached() -> dict[str, torch.Tensor] | None:
         return _read_cached(path, len(examples))

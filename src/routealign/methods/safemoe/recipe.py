@@ -16,68 +16,26 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 
-from ..config import ConfigError, GateConfig, LoraConfig, ModelConfig, TrainConfig
-from ..data import DataConfig, load_sft, split_domains
-from ..data.collate import encode_all, ensure_chat_template, sft_collator
-from ..losses import routing_regulariser
-from ..models.loading import load_model, load_tokenizer
-from ..models.mixture import attach_mixture, read_peft_expert
-from ..training import Callback, run_stage
-from .common import (
-    check_targets,
-    expert_done,
-    recipe_stage,
-    run_recipe,
-    train_lora_expert,
-    write_mixture_artifact,
-)
+from ...config import ConfigError, GateConfig
+from ...data import load_sft, split_domains
+from ...data.collate import encode_all, ensure_chat_template, sft_collator
+from ...losses import routing_regulariser
+from ...models.artifact import MANIFEST
+from ...models.loading import load_model, load_tokenizer
+from ...models.mixture import attach_mixture, read_peft_expert
+from ...recipe import Recipe, Run, Step, run_recipe
+from ...training import Callback, run_stage
+from ..lora import ADAPTER_MARK, check_targets, train_lora_expert, write_mixture_artifact
+from .config import SafeMoEConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ExpertsStage:
-    data: DataConfig = field(default_factory=DataConfig)
-    """(harmful prompt, unsafe response) pairs with a domain per row."""
-    domains: list[str] = field(default_factory=list)
-    """Domains to train experts for, in this order; empty = every domain in the data, sorted."""
-    min_examples: int = 1
-    """A domain with fewer examples is an error (no expert is trained on next to nothing silently)."""
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-
-@dataclass
-class RouterStage:
-    data: DataConfig = field(default_factory=DataConfig)
-    """(prompt, safe-and-informative response) pairs; only the gates learn from them."""
-    gate: GateConfig = field(default_factory=GateConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-
-@dataclass
-class SafeMoEConfig:
-    recipe: str = "safemoe"
-    """Names this recipe; ``routealign train`` dispatches on it."""
-    output_dir: str = "runs/safemoe"
-    """Artifact folder (experts, gates, manifest) and training state."""
-    model: ModelConfig = field(default_factory=ModelConfig)
-    experts: ExpertsStage = field(default_factory=ExpertsStage)
-    router: RouterStage = field(default_factory=RouterStage)
-
-    def __post_init__(self) -> None:
-        if self.recipe != "safemoe":
-            raise ConfigError(f"recipe: expected 'safemoe', got {self.recipe!r}")
-        if self.experts.train.precision != self.router.train.precision:
-            # accelerate fixes mixed precision once per process.
-            raise ConfigError("experts.train.precision and router.train.precision: must be equal")
 
 
 def slug(name: str) -> str:
@@ -132,7 +90,7 @@ class Prepared:
     """Encoded (prompt, safe-and-informative response) examples."""
 
 
-def prepare(cfg: SafeMoEConfig) -> Prepared:
+def prepare(cfg: SafeMoEConfig, accelerator: Accelerator | None = None) -> Prepared:
     """Load the tokenizer, both stages' data and the model, and check that they fit together.
 
     Every mistake a config can hold (a path, a column, a domain, a target module, the gate layer)
@@ -159,40 +117,38 @@ def prepare(cfg: SafeMoEConfig) -> Prepared:
     return Prepared(tokenizer, model, experts, router)
 
 
-def train_experts(
-    cfg: SafeMoEConfig, accelerator: Accelerator, prepared: Prepared, out: Path, callbacks=()
-) -> list[dict]:
-    """Stage A. Finished experts are skipped, so a killed run picks up where it stopped."""
+def expert_list(prepared: Prepared) -> list[dict]:
+    """The experts as the manifest lists them: name and folder, in the order the gates number them."""
     folders = expert_folders(list(prepared.experts))
-    model = prepared.model
-    for index, (domain, examples) in enumerate(prepared.experts.items()):
-        final = out / folders[domain]
-        if expert_done(accelerator, final):
-            log.info("expert %r already trained: %s", domain, final)
-            continue
-        log.info("stage A: expert %r on %d examples", domain, len(examples))
-        stage = partial(recipe_stage, out, f"expert:{domain}", folders[domain], examples=examples,
-                        collate=sft_collator(prepared.tokenizer), cfg=cfg.experts.train, loss_fn=sft_loss, callbacks=callbacks)  # fmt: skip
-        model = train_lora_expert(
-            accelerator, model, cfg.experts.lora, cfg.experts.train.seed + index, final, stage
-        )
-    prepared.model = model
     return [{"name": d, "path": folders[d]} for d in prepared.experts]
 
 
-def train_router(
-    cfg: SafeMoEConfig,
-    accelerator: Accelerator,
-    prepared: Prepared,
-    out: Path,
-    experts: list[dict],
-    callbacks=(),
-):
-    """Stage B: gates only, on safe-and-informative answers."""
-    model = prepared.model
-    experts_read = [read_peft_expert(out / e["path"], e["name"]) for e in experts]
+def train_expert(domain: str, run: Run) -> None:
+    """Stage A, one domain: a fresh LoRA by SFT on its (prompt, unsafe response) pairs."""
+    cfg, prepared = run.cfg, run.prepared
+    index = list(prepared.experts).index(domain)
+    folder = expert_folders(list(prepared.experts))[domain]
+    examples = prepared.experts[domain]
+    log.info("stage A: expert %r on %d examples", domain, len(examples))
+    stage = partial(run.stage, f"expert:{domain}", folder, examples=examples,
+                    collate=sft_collator(prepared.tokenizer), cfg=cfg.experts.train, loss_fn=sft_loss)  # fmt: skip
+    prepared.model = train_lora_expert(
+        run.accelerator,
+        prepared.model,
+        cfg.experts.lora,
+        cfg.experts.train.seed + index,
+        run.out / folder,
+        stage,
+    )
+
+
+def train_router(run: Run) -> None:
+    """Stage B: gates only, on safe-and-informative answers; then the artifact."""
+    cfg, prepared = run.cfg, run.prepared
+    experts = expert_list(prepared)
+    experts_read = [read_peft_expert(run.out / e["path"], e["name"]) for e in experts]
     # Seeded gates: a run resumed in stage B (after its experts were skipped) starts the same gates.
-    mixture = attach_mixture(model, experts_read, cfg.router.gate, seed=cfg.router.train.seed)
+    mixture = attach_mixture(prepared.model, experts_read, cfg.router.gate, seed=cfg.router.train.seed)
     mixture.freeze_all_but_gates()
     log.info(
         "stage B: %s gates over %d experts on %d examples",
@@ -200,20 +156,37 @@ def train_router(
         len(experts),
         len(prepared.router),
     )
-    stage = recipe_stage(out, "router", "router", model, prepared.router, sft_collator(prepared.tokenizer), cfg.router.train,
-                         router_loss(cfg.router.gate), callbacks)  # fmt: skip
-    run_stage(accelerator, stage)
-    return mixture, stage
+    stage = run.stage("router", "router", prepared.model, prepared.router, sft_collator(prepared.tokenizer),
+                      cfg.router.train, router_loss(cfg.router.gate))  # fmt: skip
+    run_stage(run.accelerator, stage)
+    write_mixture_artifact(run, mixture=mixture, stage=stage, experts=experts, gate=cfg.router.gate)
+
+
+def stages(cfg: SafeMoEConfig, prepared: Prepared) -> list[Step]:
+    """One expert per domain (each done once its adapter folder is there), then the gates."""
+    return [
+        *(
+            Step(
+                f"expert:{e['name']}",
+                partial(train_expert, e["name"]),
+                marks=(f"{e['path']}/{ADAPTER_MARK}",),
+            )
+            for e in expert_list(prepared)
+        ),
+        Step("router", train_router, marks=(MANIFEST,)),
+    ]
+
+
+RECIPE = Recipe(
+    name="safemoe",
+    config=SafeMoEConfig,
+    prepare=prepare,
+    stages=stages,
+    kind="mixture",
+    leaves=(f"experts/*/{ADAPTER_MARK}",),
+)
 
 
 def main(cfg: SafeMoEConfig, callbacks: Sequence[Callback] = ()) -> Path:
     """Check everything, claim the folder, run both stages and write the artifact; returns its folder."""
-
-    def train(accelerator: Accelerator, prepared: Prepared, out: Path) -> None:
-        experts = train_experts(cfg, accelerator, prepared, out, callbacks)
-        mixture, stage = train_router(cfg, accelerator, prepared, out, experts, callbacks)
-        write_mixture_artifact(
-            accelerator, out, cfg, mixture=mixture, stage=stage, experts=experts, gate=cfg.router.gate
-        )
-
-    return run_recipe(cfg, cfg.experts.train.precision, lambda accelerator: prepare(cfg), train)
+    return run_recipe(RECIPE, cfg, callbacks)
