@@ -59,7 +59,7 @@ def train_adapter(run: Run) -> None:
 
     def make_stage(model):
         collate, loss = sft_collator(prepared.tokenizer), lambda m, batch: m(**batch).loss
-        return run.stage("sft", "sft", model, prepared.examples, collate, cfg.sft.train, loss)
+        return run.training_stage("sft", "sft", model, prepared.examples, collate, cfg.sft.train, loss)
 
     prepared.model = train_lora_expert(
         run.accelerator, prepared.model, cfg.sft.lora, cfg.sft.train.seed, run.out / "adapter", make_stage
@@ -87,6 +87,10 @@ def stages(cfg: LoraSFTConfig, prepared: Prepared) -> list[Step]:
 
 
 RECIPE = Recipe(
-    name="lora-sft", config=LoraSFTConfig, prepare=prepare, stages=stages, kind="model",
+    name="lora-sft",
+    config=LoraSFTConfig,
+    prepare=prepare,
+    stages=stages,
+    kind="model",
     leaves=(f"adapter/{ADAPTER_MARK}",),
-)  # fmt: skip
+)

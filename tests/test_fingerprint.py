@@ -137,6 +137,21 @@ def test_artifact_fingerprint_covers_manifest_gates_and_experts(tmp_path, expert
     assert fp.artifact_source(art) != first
 
 
+def test_a_model_artifact_fingerprint_covers_its_manifest_and_model_folder(tmp_path):
+    """A RASA artifact (kind ``model``) has no gates or experts: its weights are under ``model/``."""
+    from routealign.models.artifact import write_manifest
+
+    art = tmp_path / "rasa-run"
+    tiny_llama().save_pretrained(art / "model")
+    byte_tokenizer().save_pretrained(art / "model")
+    write_manifest(art, kind="model", recipe="rasa", config={}, model=ModelConfig(name_or_path="x"))
+    first = fp.artifact_source(art)
+    assert first["local"]["files"] == 1 + len([p for p in (art / "model").rglob("*") if p.is_file()])
+    weights = art / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\1")
+    assert fp.artifact_source(art) != first
+
+
 def test_peft_adapter_folder_is_hashed(tmp_path, expert_dirs):
     first = fp.adapter_source(str(expert_dirs[0]))
     assert first["local"]["files"] >= 2 and fp.adapter_source(str(expert_dirs[1])) != first

@@ -240,3 +240,20 @@ def test_a_folder_is_replaced_only_when_it_is_the_commands_own_and_the_user_asks
     (tmp_path / "file").write_text("x")
     with pytest.raises(FolderBusyError, match="is a file"):
         check_replaceable(tmp_path / "file", marker="moefy.json", what="moefy", overwrite=True)
+
+
+def test_replacements_a_kill_interrupted_are_put_back_and_nothing_else_moves(tmp_path):
+    """``recover_tree``: a ``.NAME.old`` folder whose ``NAME`` is gone was moved aside by a replacement
+    that never finished; it goes back. One beside a finished replacement stays for its writer to delete."""
+    from routealign.io import recover_tree
+
+    (tmp_path / "experts" / ".chem.old").mkdir(parents=True)
+    (tmp_path / "experts" / ".chem.old" / "adapter_config.json").write_text("{}")
+    (tmp_path / ".model.old").mkdir()
+    (tmp_path / "model").mkdir()
+    (tmp_path / ".notes.old").write_text("a file, not a folder")
+    assert recover_tree(tmp_path) == [tmp_path / "experts" / "chem"]
+    assert (tmp_path / "experts" / "chem" / "adapter_config.json").is_file()
+    assert not (tmp_path / "experts" / ".chem.old").exists()
+    assert (tmp_path / ".model.old").is_dir() and (tmp_path / ".notes.old").is_file()
+    assert recover_tree(tmp_path / "missing") == []

@@ -113,10 +113,17 @@ def test_the_base_config_checks_what_every_recipe_shares(tmp_path, tiny_model_di
         load_config(LoraSFTConfig, data={**data, "recipe": "safemoe"})
     with pytest.raises(ConfigError, match="output_dir: must name a folder"):
         load_config(LoraSFTConfig, data={**data, "output_dir": " "})
+    with pytest.raises(
+        ConfigError, match=r"sft.train.seed: must be an integer from 0 to 2\*\*32 - 1, got -1"
+    ):
+        load_config(LoraSFTConfig, data={**data, "sft": {**data["sft"], "train": {"seed": -1}}})
     from routealign.methods.midpo import MidPOConfig
 
-    with pytest.raises(ConfigError, match=r"^safety.train.precision, helpfulness.train.precision and "
-                                          r"router.train.precision: must be equal$"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match=r"^safety.train.precision, helpfulness.train.precision and "
+        r"router.train.precision: must be equal$",
+    ):
         load_config(MidPOConfig, data={"recipe": "midpo", "router": {"train": {"precision": "bf16"}}})
     cfg = load_config(MidPOConfig, data={"recipe": "midpo"})
     assert [name for name, _ in cfg.train_blocks()] == ["safety", "helpfulness", "router"]
@@ -142,3 +149,43 @@ def test_load_dispatches_on_the_kind_and_reads_manifests_from_before_it(artifact
     (artifact / MANIFEST).write_text(json.dumps({**manifest, "kind": "adapter"}))
     with pytest.raises(MixtureError, match="artifact kind 'adapter' .* is not one this routealign loads"):
         routealign.load(artifact)
+
+
+def test_an_unregistered_recipe_still_guards_its_finished_work(tmp_path, tiny_model_dir):
+    """A recipe run without ``register`` (a script's own): its leaves still keep another config out."""
+    assert RECIPE.name not in RECIPES
+    cfg = load_config(LoraSFTConfig, data=sft_config(tmp_path, tiny_model_dir))
+    out = run_recipe(RECIPE, cfg)
+    (out / MANIFEST).unlink()  # the adapter is done, the merge not
+    other = load_config(LoraSFTConfig, data=sft_config(tmp_path, tiny_model_dir, lr=1e-3))
+    with pytest.raises(ConfigError, match="different config"):
+        run_recipe(RECIPE, other)
+
+
+def test_a_registered_recipes_own_record_marks_a_run_folder(tmp_path):
+    import routealign.methods  # noqa: F401  (registers the shipped recipes)
+    from routealign.recipe import is_run_folder
+
+    (tmp_path / "pairs_config.json").write_text(json.dumps({"model": {}, "pairs": {}, "prompt_tokens": 0}))
+    assert is_run_folder(tmp_path)
+    (tmp_path / "pairs_config.json").write_text(json.dumps({"model": {}}))  # a user's file of that name
+    assert not is_run_folder(tmp_path)
+
+
+def test_the_manifest_kind_is_checked_and_inferred_for_older_artifacts(tmp_path):
+    from routealign.config import GateConfig, ModelConfig
+    from routealign.models.artifact import read_manifest, recorded_kind, write_manifest
+
+    model = ModelConfig(name_or_path="x")
+    with pytest.raises(ValueError, match="a mixture artifact names its experts and gate"):
+        write_manifest(tmp_path, kind="mixture", recipe="safemoe", config={}, model=model)
+    with pytest.raises(ValueError, match="a mixture artifact names its experts and gate"):
+        write_manifest(
+            tmp_path, kind="model", recipe="rasa", config={}, model=model, experts=[], gate=GateConfig()
+        )
+    write_manifest(tmp_path, kind="model", recipe="rasa", config={}, model=model)
+    manifest = read_manifest(tmp_path)
+    assert manifest["kind"] == "model" and "experts" not in manifest and "gate" not in manifest
+    assert [recorded_kind({"recipe": r}) for r in ("safemoe", "midpo", "rasa", "other")] == [
+        "mixture", "mixture", "model", None,
+    ]  # fmt: skip

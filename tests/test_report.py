@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from routealign.evaluation.compare import add_compare_args, cmd_compare, compare_runs, run_labels
+from routealign.cli.evaluate import add_compare_args, add_report_args, cmd_compare, cmd_report
+from routealign.evaluation.compare import compare_runs, run_labels
 from routealign.evaluation.documents import fmt_pct
 from routealign.evaluation.metrics import summarize, write_summary
 from routealign.evaluation.report import (
-    add_report_args,
-    cmd_report,
     pick_examples,
     verdict,
     write_report,

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
+from routealign.io import recover_dir
 from routealign.methods import load_recipe_config
+from routealign.methods.lora import ADAPTER_MARK
 from routealign.methods.midpo import prepare
 from routealign.methods.midpo.recipe import train_expert
 from routealign.recipe import Run
@@ -30,7 +32,11 @@ def main() -> None:
         args.config, [f"safety.data.path={args.data}", "safety.margin.source=none", f"output_dir={args.out}"]
     )
     out = Path(args.out)
-    accelerator = Accelerator(mixed_precision=cfg.safety.train.precision)
+    recover_dir(out / "experts" / "union")  # a replacement a kill interrupted
+    if (out / "experts" / "union" / ADAPTER_MARK).is_file():
+        print(f"{out}: the union DPO adapter is already trained")
+        return
+    accelerator = Accelerator(mixed_precision=cfg.precision)
     try:
         prepared = prepare(cfg, accelerator)
         # The safety block now reads the union; its expert is saved as "union".

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -43,7 +43,9 @@ LOGGING_ONLY = ("log_every", "save_every")
 @dataclass
 class RecipeConfig:
     """What every recipe's config holds: subclasses add their stages' blocks, each with a ``train``
-    block where it trains (one :class:`~routealign.config.TrainConfig`)."""
+    block where it trains (one :class:`~routealign.config.TrainConfig`). Checked here for every recipe:
+    ``recipe`` names it, ``output_dir`` names a folder, every stage trains under one mixed precision,
+    and every seed is one torch and numpy accept."""
 
     NAME: ClassVar[str] = ""
     """The recipe this config is for; ``recipe`` must say the same."""
@@ -60,18 +62,25 @@ class RecipeConfig:
             raise ConfigError(f"recipe: expected {self.NAME!r}, got {self.recipe!r}")
         if not str(self.output_dir).strip():
             raise ConfigError("output_dir: must name a folder")
+        for name, train in self.train_blocks():
+            if isinstance(train.seed, bool) or not isinstance(train.seed, int) or not 0 <= train.seed < 2**32:
+                key = f"{name}.train.seed".lstrip(".")
+                raise ConfigError(f"{key}: must be an integer from 0 to 2**32 - 1, got {train.seed!r}")
         precisions = {train.precision for _, train in self.train_blocks()}
         if len(precisions) > 1:
             # accelerate fixes mixed precision once per process.
-            names = [f"{name}.train.precision" for name, _ in self.train_blocks()]
+            names = [f"{name}.train.precision".lstrip(".") for name, _ in self.train_blocks()]
             raise ConfigError(f"{', '.join(names[:-1])} and {names[-1]}: must be equal")
 
     def train_blocks(self) -> list[tuple[str, TrainConfig]]:
-        """(block name, its ``train``) for every top-level block that trains, in field order."""
+        """(block name, its ``train``) for every top-level block that trains, in field order; a top-level
+        ``train`` block itself is named ``""``."""
         found = []
         for f in fields(self):
             block = getattr(self, f.name)
-            if is_dataclass(block) and isinstance(getattr(block, "train", None), TrainConfig):
+            if isinstance(block, TrainConfig):
+                found.append(("", block))
+            elif is_dataclass(block) and isinstance(getattr(block, "train", None), TrainConfig):
                 found.append((f.name, block.train))
         return found
 
@@ -110,6 +119,9 @@ class Recipe:
     leaves: tuple[str, ...] = ()
     """Glob patterns (under the run folder) of what a partly trained run of this recipe leaves: a
     different config must not be mixed with that work."""
+    records: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """JSON files (with keys they hold) besides ``run_config.json`` that only a run of this recipe writes:
+    a folder holding one is a run folder, which a later run may be given (RASA's record of stage 0)."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -141,7 +153,7 @@ class Run:
     callbacks: Sequence[Callback] = ()
     results: dict[str, Any] = field(default_factory=dict)
 
-    def stage(self, name: str, checkpoint: str, model, examples, collate, cfg, loss_fn) -> Stage:
+    def training_stage(self, name: str, checkpoint: str, model, examples, collate, cfg, loss_fn) -> Stage:
         """A training stage in this run's folder: resume state under ``checkpoints/<checkpoint>``, the
         shared JSONL log under ``logs/``."""
         return Stage(
@@ -161,25 +173,23 @@ def run_recipe(recipe: Recipe, cfg: RecipeConfig, callbacks: Sequence[Callback] 
     """Run ``recipe`` on ``cfg`` as the module docstring describes; returns the run folder."""
     out = Path(cfg.output_dir)
     accelerator = Accelerator(mixed_precision=cfg.precision)
-    log.info(
-        "process %d of %d on %s, mixed precision %s",
-        accelerator.process_index + 1, accelerator.num_processes, accelerator.device, accelerator.mixed_precision,
-    )  # fmt: skip
+    where = (accelerator.process_index + 1, accelerator.num_processes, accelerator.device)
+    log.info("process %d of %d on %s, mixed precision %s", *where, accelerator.mixed_precision)
     try:
         # Before any loading: a finished run costs nothing. Read on the main process, so that every
         # process takes the same branch.
         if on_main(
             accelerator,
-            lambda: refuse_foreign(out, "training", is_run_folder) or finished_or_refused(out, cfg),
+            lambda: refuse_foreign(out, "training", is_run_folder) or finished_or_refused(out, cfg, recipe),
         ):
             log.info("%s already holds this run's finished artifact; nothing to train", out)
             return out
         prepared = recipe.prepare(cfg, accelerator)
 
         def record_run() -> bool:  # under the folder's lock, on the main process
-            if finished_or_refused(out, cfg):  # finished while this process was preparing
+            recover_tree(out)  # first: a replacement a kill interrupted holds work the check must see
+            if finished_or_refused(out, cfg, recipe):  # finished while this process was preparing
                 return True
-            recover_tree(out)  # a replacement a kill interrupted between its two renames
             atomic_write_json(out / "run_config.json", to_dict(cfg))
             return False
 
@@ -213,13 +223,14 @@ def _result_fields(cfg) -> dict:
 
 def is_run_folder(folder: Path) -> bool:
     """A training run's folder from before its lock recorded the holder: its ``run_config.json`` names a
-    recipe, or RASA's record of stage 0 is there (a new run folder may be given that result to reuse)."""
-    return json_object_with(folder / "run_config.json", "recipe") or json_object_with(
-        folder / "pairs_config.json", "model", "pairs", "prompt_tokens"
+    recipe, or it holds a record only a registered recipe's run writes (:attr:`Recipe.records`)."""
+    records = [(name, keys) for recipe in RECIPES.values() for name, keys in recipe.records.items()]
+    return json_object_with(folder / "run_config.json", "recipe") or any(
+        json_object_with(folder / name, *keys) for name, keys in records
     )
 
 
-def finished_or_refused(out: Path, cfg) -> bool:
+def finished_or_refused(out: Path, cfg, recipe: Recipe | None = None) -> bool:
     """A folder resumes only the run it was started for: finished experts and checkpoints in it are
     reused, a different config is refused while there is any of them. A run that failed before it
     trained anything (its first step ran out of memory, say) leaves nothing to resume: the corrected
@@ -229,18 +240,19 @@ def finished_or_refused(out: Path, cfg) -> bool:
     if not path.is_file():
         return False
     if _result_fields(from_dict(type(cfg), json.loads(path.read_text()))) != _result_fields(cfg):
-        if trained_anything(out):
+        if trained_anything(out, recipe):
             raise ConfigError(
-                f"{out}: holds a run with a different config ({path}); pick another output_dir or delete that folder"
+                f"{out}: holds a run with a different config ({path}); "
+                "pick another output_dir or delete that folder"
             )
         log.info("%s: the run recorded there trained nothing; this config replaces it", out)
         return False
     return (out / MANIFEST).is_file()
 
 
-def trained_anything(out: Path) -> bool:
-    """An artifact, a checkpoint, or what any registered recipe leaves partway (finished experts, RASA's
-    pairs or stage state): work that a different config must not mix with."""
-    patterns = [MANIFEST, "checkpoints/**/trainer_state.json"]
-    patterns += [p for recipe in RECIPES.values() for p in recipe.leaves]
+def trained_anything(out: Path, recipe: Recipe | None = None) -> bool:
+    """An artifact, a checkpoint, or what ``recipe`` or any registered recipe leaves partway (finished
+    experts, RASA's pairs or stage state): work that a different config must not mix with."""
+    patterns = [MANIFEST, "checkpoints/**/trainer_state.json", *(recipe.leaves if recipe else ())]
+    patterns += [p for registered in RECIPES.values() for p in registered.leaves]
     return any(next(out.glob(p), None) is not None for p in patterns)

@@ -19,8 +19,6 @@ every item of the other. The front joins the runs no other dominates.
 
 from __future__ import annotations
 
-import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -46,7 +44,6 @@ from .documents import (
     judge_error_section,
     ordered_benchmarks,
     policy_words,
-    render_markdown,
     text_or_dash,
     unparseable_counts,
     with_n,
@@ -55,7 +52,6 @@ from .documents import (
 from .figures import error_bar
 from .metrics import SAMPLES, check_finite, is_eval_folder, load_samples, load_summary, resampling_of
 from .paired import paired_differences
-from .report import add_judge_error_arg
 
 HELPFULNESS = ("answered", "informativeness")
 
@@ -447,41 +443,3 @@ def _compare_benchmarks(
 
 def _attack_metric(bench: dict | None, attack: str, key: str) -> dict | None:
     return (((bench or {}).get("by_attack") or {}).get(attack) or {}).get(key)
-
-
-# --------------------------------------------------------------------------------------------------
-# Command line (wired into the ``routealign`` command table in cli.py)
-
-
-def add_compare_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="finished `routealign eval` run folders"
-    )
-    parser.add_argument(
-        "--reference", type=Path, metavar="RUN_DIR",
-        help="the run every other is compared with by paired differences (default: the first)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--helpfulness", choices=HELPFULNESS, default="answered",
-        help="the Pareto plot's x axis: benign over-refusal prompts answered (default) or informativeness",
-    )  # fmt: skip
-    add_judge_error_arg(parser)
-    parser.add_argument(
-        "--output",
-        type=Path,
-        default=Path("compare"),
-        help="folder for compare.md, compare.html, compare.json and compare_plots/ (default: ./compare)",
-    )
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    md_path, html_path = compare_runs(args.run_dirs, args.output, reference=args.reference,
-                                      helpfulness=args.helpfulness, judge_error=args.judge_error)  # fmt: skip
-    record = json.loads((md_path.parent / "compare.json").read_text(encoding="utf-8"))
-    if record["differences"]:
-        print(f"paired differences against {record['reference']}:")
-        print(render_markdown([differences_table(record["differences"], record["reference"])], ""))
-    print(
-        f"comparison of {len(record['runs'])} runs written to {md_path}, {html_path} and {md_path.parent / 'compare.json'}"
-    )
-    return 0

@@ -208,13 +208,19 @@ def adapter_source(adapter: str) -> dict:
 
 
 def artifact_source(folder: str | os.PathLike) -> dict:
-    """A routealign artifact: manifest, gates and every file of the experts its manifest names."""
-    from ..models.artifact import GATES, MANIFEST, expert_paths, read_manifest
+    """A routealign artifact: its manifest, and by its kind the gates and every file of the experts it
+    names (``mixture``) or every file of its model folder (``model``)."""
+    from ..models.artifact import GATES, MANIFEST, MODEL_FOLDER, expert_paths, read_manifest, recorded_kind
 
     root = Path(folder).expanduser().resolve()
-    files = [root / MANIFEST, root / GATES]
-    for _, expert in expert_paths(root, read_manifest(root)):  # resolved, inside the artifact
-        files += _visible_files(expert, recursive=True)
+    manifest = read_manifest(root)
+    files = [root / MANIFEST]
+    if recorded_kind(manifest) == "model":
+        files += _visible_files(root / MODEL_FOLDER, recursive=True)
+    else:
+        files.append(root / GATES)
+        for _, expert in expert_paths(root, manifest):  # resolved, inside the artifact
+            files += _visible_files(expert, recursive=True)
     return {"local": files_digest(root, [f for f in files if f.is_file()])}
 
 

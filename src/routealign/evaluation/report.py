@@ -3,7 +3,6 @@ of :mod:`.documents` with the plots of :mod:`.figures`."""
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import re
 from collections.abc import Callable
@@ -281,34 +280,3 @@ def _slug(name: str) -> str:
     if slug == name:
         return slug
     return f"{slug or 'benchmark'}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
-
-
-# --------------------------------------------------------------------------------------------------
-# Command line (wired into the ``routealign`` command table in cli.py)
-
-
-def add_report_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "run_dir", type=Path, help="a finished `routealign eval` run folder (holds summary.json)"
-    )
-    parser.add_argument(
-        "--reference", type=Path, metavar="RUN_DIR",
-        help="show this run's paired differences against another run of the same items",
-    )  # fmt: skip
-    add_judge_error_arg(parser)
-
-
-def add_judge_error_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--judge-error", metavar="FILE",
-        help="also show the headline rates corrected for the judge's error measured on a label set (a JSON "
-             "of confusion counts, e.g. routealign://judges/mpnet/error-qwen-test.json); off by default",
-    )  # fmt: skip
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    md_path, html_path = write_report(
-        args.run_dir, reference=args.reference, judge_error=args.judge_error
-    )  # a bad run folder: ValueError, one line from the CLI
-    print(f"report written to {md_path} and {html_path}")
-    return 0

@@ -310,21 +310,3 @@ def _capability_rows(entry: BenchmarkEntry, options: dict, backend) -> list[dict
 
 def _json_line(row: dict) -> str:
     return json.dumps(row, ensure_ascii=False) + "\n"
-
-
-def add_eval_args(p) -> None:
-    p.add_argument(
-        "--config", required=True, help="YAML eval config (a file or a packaged name like eval/smollm2-quick)"
-    )
-    p.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. output_dir=runs/x")
-
-
-def cmd_eval(args) -> int:
-    cfg = load_eval_config(args.config, args.overrides)
-    try:
-        out = run_eval(cfg)
-    except ConfigError as e:
-        raise ConfigError(f"{args.config}: {e}") from None
-    if process_state().is_main_process:
-        print(f"samples, summary.json and report.md/.html written to {out}")
-    return 0

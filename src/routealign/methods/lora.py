@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -51,8 +52,14 @@ def peft_lora(lora: LoraConfig) -> PeftLoraConfig:
     )
 
 
-def train_lora_expert(accelerator: Accelerator, model: torch.nn.Module, lora: LoraConfig, seed: int, final,
-                      make_stage: Callable[[torch.nn.Module], Stage]) -> torch.nn.Module:  # fmt: skip
+def train_lora_expert(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    lora: LoraConfig,
+    seed: int,
+    final: Path,
+    make_stage: Callable[[torch.nn.Module], Stage],
+) -> torch.nn.Module:
     """Put a fresh LoRA (seeded, so each expert's start is independent of the others') on ``model``,
     train it in ``make_stage(peft_model)``, save it to ``final`` as a PEFT adapter folder, and return the
     base model with the LoRA layers taken out again, ready for the next expert."""
@@ -70,7 +77,9 @@ def train_lora_expert(accelerator: Accelerator, model: torch.nn.Module, lora: Lo
     return model
 
 
-def write_mixture_artifact(run: Run, *, mixture: Mixture, stage: Stage, experts: list[dict], gate: GateConfig) -> None:  # fmt: skip
+def write_mixture_artifact(
+    run: Run, *, mixture: Mixture, stage: Stage, experts: list[dict], gate: GateConfig
+) -> None:
     """Gates, then the manifest (its presence means "complete"), then drop the router's resume state."""
     if run.accelerator.is_main_process:
         save_gates(mixture, run.out / GATES)

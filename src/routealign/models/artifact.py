@@ -68,8 +68,16 @@ def check_gates_header(path: Path, mixture: Mixture) -> None:
         )
 
 
-def write_manifest(folder: Path, *, kind: str, recipe: str, config: dict, model: ModelConfig,
-                   experts: list[dict] | None = None, gate: GateConfig | None = None) -> None:  # fmt: skip
+def write_manifest(
+    folder: Path,
+    *,
+    kind: str,
+    recipe: str,
+    config: dict,
+    model: ModelConfig,
+    experts: list[dict] | None = None,
+    gate: GateConfig | None = None,
+) -> None:
     """The manifest, written last: its presence means the artifact is complete. A ``mixture`` names
     its experts and gate; a ``model`` holds its weights under ``model/``."""
     if kind not in KINDS:

@@ -174,8 +174,15 @@ def train_expert(name: str, run: Run, *, saved_as: str | None = None) -> None:
     )
     loss_fn = dpo_loss(stage_cfg.beta, stage_cfg.margin.direction, stage_cfg.margin.scale)
     folder = f"experts/{saved_as or name}"
-    stage = partial(run.stage, f"expert:{saved_as or name}", folder, examples=examples,
-                    collate=pair_collator(prepared.tokenizer), cfg=stage_cfg.train, loss_fn=loss_fn)  # fmt: skip
+    stage = partial(
+        run.training_stage,
+        f"expert:{saved_as or name}",
+        folder,
+        examples=examples,
+        collate=pair_collator(prepared.tokenizer),
+        cfg=stage_cfg.train,
+        loss_fn=loss_fn,
+    )
     seed = stage_cfg.train.seed + EXPERTS.index(name)
     prepared.model = train_lora_expert(
         run.accelerator, prepared.model, stage_cfg.lora, seed, run.out / folder, stage
@@ -210,12 +217,23 @@ def train_router(run: Run) -> None:
         cfg.router, "router", run.accelerator, prepared, model
     )  # before the mixture: the base
     experts = [{"name": name, "path": f"experts/{name}"} for name in EXPERTS]
-    mixture = attach_mixture(model, [read_peft_expert(run.out / e["path"], e["name"]) for e in experts], cfg.router.gate,
-                             seed=cfg.router.train.seed)  # fmt: skip
+    mixture = attach_mixture(
+        model,
+        [read_peft_expert(run.out / e["path"], e["name"]) for e in experts],
+        cfg.router.gate,
+        seed=cfg.router.train.seed,
+    )
     mixture.freeze_all_but_gates()
     log.info("stage B: sigmoid gates over %s on %d dual pairs", " and ".join(EXPERTS), len(examples))
-    stage = run.stage("router", "router", model, examples, pair_collator(prepared.tokenizer), cfg.router.train,
-                      router_loss(cfg.router.beta, cfg.router.gate_coef))  # fmt: skip
+    stage = run.training_stage(
+        "router",
+        "router",
+        model,
+        examples,
+        pair_collator(prepared.tokenizer),
+        cfg.router.train,
+        router_loss(cfg.router.beta, cfg.router.gate_coef),
+    )
     run_stage(run.accelerator, stage)
     write_mixture_artifact(run, mixture=mixture, stage=stage, experts=experts, gate=cfg.router.gate)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from accelerate import Accelerator
@@ -15,21 +14,22 @@ from ...config import ConfigError, to_dict
 from ...distributed import map_shards
 from ...generation import routed_generate
 from ...io import (
-    DamagedFileError,
     atomic_write_json,
     atomic_write_text,
-    load_safetensors,
     remove_stale_temps,
     save_safetensors,
 )
 from ...models.moe import moe_view
 from ...recipe import Run
 from .config import RASAConfig
+from .state import load_state_file
 
 log = logging.getLogger(__name__)
 
 PAIRS_FILE = "pairs.jsonl"
 ROUTING_FILE = "routing_counts.safetensors"
+PAIRS_CONFIG = "pairs_config.json"
+"""What stage 0's result was made under (a saved result made under anything else is not reused)."""
 
 
 @dataclass
@@ -136,7 +136,7 @@ def pairs_config(cfg: RASAConfig) -> dict:
 def load_pairs(run: Run) -> tuple[list[Pair], dict]:
     """Stage 0's saved result (this run's, or a run's with the same model and pairs settings)."""
     cfg, out = run.cfg, run.out
-    pairs_file, routing_file, made_by = out / PAIRS_FILE, out / ROUTING_FILE, out / "pairs_config.json"
+    pairs_file, routing_file, made_by = out / PAIRS_FILE, out / ROUTING_FILE, out / PAIRS_CONFIG
     found = json.loads(made_by.read_text()) if made_by.is_file() else None
     if found != json.loads(json.dumps(pairs_config(cfg))):
         raise ConfigError(
@@ -158,7 +158,7 @@ def make_pairs(run: Run) -> tuple[list[Pair], dict]:
                  name, counts["qualified"], counts["requests"], counts["plain_refused"], counts["jailbreak_complied"])  # fmt: skip
     if accelerator.is_main_process:
         atomic_write_json(out / "pairs_report.json", report)
-        atomic_write_json(out / "pairs_config.json", pairs_config(cfg))
+        atomic_write_json(out / PAIRS_CONFIG, pairs_config(cfg))
         tensors = {
             f"{side}.{what}": t.contiguous()
             for side, (c, n) in routing.items()
@@ -170,13 +170,3 @@ def make_pairs(run: Run) -> tuple[list[Pair], dict]:
         atomic_write_text(out / PAIRS_FILE, "".join(json.dumps(asdict(p)) + "\n" for p in pairs))
     accelerator.wait_for_everyone()
     return pairs, routing
-
-
-def load_state_file(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """A saved stage result, checked against the checksum in its header (files of runs from before it
-    existed have none). Damage is a user error naming the file: deleting it redoes that work, which is
-    better than resuming from a corrupted state."""
-    try:
-        return load_safetensors(path, checksum="if-present")
-    except DamagedFileError as e:
-        raise ConfigError(f"{e}; delete it to redo the stages it holds") from None

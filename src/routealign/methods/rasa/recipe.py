@@ -48,7 +48,7 @@ from ...models.moe import expert_deltas, merged_state_dict, moe_view
 from ...recipe import Recipe, Run, Step, run_recipe
 from ...training import Callback
 from .config import RASAConfig
-from .pairs import PAIRS_FILE, ROUTING_FILE, Pair, load_pairs, make_pairs
+from .pairs import PAIRS_CONFIG, PAIRS_FILE, ROUTING_FILE, Pair, load_pairs, make_pairs
 from .repair import HALF, STATE_FILE, repair_examples, train_rounds
 from .selection import by_layer, stage_selection
 
@@ -117,7 +117,9 @@ def save_model(
     accelerator.wait_for_everyone()
 
 
-def write_report(out: Path, cfg: RASAConfig, pairs: list[Pair], chosen: list[tuple[int, int]], shape: tuple[int, int]) -> None:  # fmt: skip
+def write_report(
+    out: Path, cfg: RASAConfig, pairs: list[Pair], chosen: list[tuple[int, int]], shape: tuple[int, int]
+) -> None:
     report = (
         json.loads((out / "pairs_report.json").read_text()) if (out / "pairs_report.json").is_file() else {}
     )
@@ -180,6 +182,7 @@ RECIPE = Recipe(
     stages=stages,
     kind="model",
     leaves=(PAIRS_FILE, f"state/{STATE_FILE}"),
+    records={PAIRS_CONFIG: ("model", "pairs", "prompt_tokens")},
 )
 
 

@@ -23,7 +23,8 @@ from ...models.moe import MoEView, RouterTrace, moe_view
 from ...recipe import Run
 from ...training import clear_checkpoint, run_stage
 from .config import RASAConfig
-from .pairs import Pair, load_state_file
+from .pairs import Pair
+from .state import load_state_file
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ def train_rounds(run: Run, pairs: list[Pair]) -> dict[str, torch.dtype]:
             if key in done:
                 continue
             set_trainable(model, params)
-            stage = run.stage(key, f"round{r}-{name}", model, examples, collate, train_cfg, loss_fn)
+            stage = run.training_stage(key, f"round{r}-{name}", model, examples, collate, train_cfg, loss_fn)
             run_stage(accelerator, stage)
             done.append(key)
             _save_progress(accelerator, accelerator.unwrap_model(model), cfg, out, done)

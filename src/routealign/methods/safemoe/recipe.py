@@ -130,8 +130,15 @@ def train_expert(domain: str, run: Run) -> None:
     folder = expert_folders(list(prepared.experts))[domain]
     examples = prepared.experts[domain]
     log.info("stage A: expert %r on %d examples", domain, len(examples))
-    stage = partial(run.stage, f"expert:{domain}", folder, examples=examples,
-                    collate=sft_collator(prepared.tokenizer), cfg=cfg.experts.train, loss_fn=sft_loss)  # fmt: skip
+    stage = partial(
+        run.training_stage,
+        f"expert:{domain}",
+        folder,
+        examples=examples,
+        collate=sft_collator(prepared.tokenizer),
+        cfg=cfg.experts.train,
+        loss_fn=sft_loss,
+    )
     prepared.model = train_lora_expert(
         run.accelerator,
         prepared.model,
@@ -156,8 +163,15 @@ def train_router(run: Run) -> None:
         len(experts),
         len(prepared.router),
     )
-    stage = run.stage("router", "router", prepared.model, prepared.router, sft_collator(prepared.tokenizer),
-                      cfg.router.train, router_loss(cfg.router.gate))  # fmt: skip
+    stage = run.training_stage(
+        "router",
+        "router",
+        prepared.model,
+        prepared.router,
+        sft_collator(prepared.tokenizer),
+        cfg.router.train,
+        router_loss(cfg.router.gate),
+    )
     run_stage(run.accelerator, stage)
     write_mixture_artifact(run, mixture=mixture, stage=stage, experts=experts, gate=cfg.router.gate)
 
