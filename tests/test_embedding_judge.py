@@ -359,9 +359,7 @@ def _mpnet_options() -> dict:
 
 
 _MINILM = [needs_encoder, packaged_head]
-# About four minutes of mpnet encoding on 2 CPU cores: the slow tier, which .ci/run-latest runs after
-# every upgrade. The same measurement code runs in the fast tier with minilm.
-_MPNET = [needs_pulled("all-mpnet-base-v2"), pytest.mark.slow]
+_MPNET = [needs_pulled("all-mpnet-base-v2")]
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data (the labelled sets' prompts)")

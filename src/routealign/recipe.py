@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -45,7 +45,7 @@ class RecipeConfig:
     """What every recipe's config holds: subclasses add their stages' blocks, each with a ``train``
     block where it trains (one :class:`~routealign.config.TrainConfig`). Checked here for every recipe:
     ``recipe`` names it, ``output_dir`` names a folder, every stage trains under one mixed precision,
-    and every seed is one torch and numpy accept."""
+    and every stage's training seed is an integer ``torch.manual_seed`` accepts."""
 
     NAME: ClassVar[str] = ""
     """The recipe this config is for; ``recipe`` must say the same."""
@@ -63,9 +63,13 @@ class RecipeConfig:
         if not str(self.output_dir).strip():
             raise ConfigError("output_dir: must name a folder")
         for name, train in self.train_blocks():
-            if isinstance(train.seed, bool) or not isinstance(train.seed, int) or not 0 <= train.seed < 2**32:
+            if (
+                isinstance(train.seed, bool)
+                or not isinstance(train.seed, int)
+                or not -(2**63) <= train.seed < 2**64
+            ):
                 key = f"{name}.train.seed".lstrip(".")
-                raise ConfigError(f"{key}: must be an integer from 0 to 2**32 - 1, got {train.seed!r}")
+                raise ConfigError(f"{key}: must be an integer torch.manual_seed accepts, got {train.seed!r}")
         precisions = {train.precision for _, train in self.train_blocks()}
         if len(precisions) > 1:
             # accelerate fixes mixed precision once per process.
@@ -119,9 +123,9 @@ class Recipe:
     leaves: tuple[str, ...] = ()
     """Glob patterns (under the run folder) of what a partly trained run of this recipe leaves: a
     different config must not be mixed with that work."""
-    records: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    """JSON files (with keys they hold) besides ``run_config.json`` that only a run of this recipe writes:
-    a folder holding one is a run folder, which a later run may be given (RASA's record of stage 0)."""
+    records: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    """(JSON file, keys it holds) besides ``run_config.json`` that only a run of this recipe writes: a
+    folder holding one is a run folder, which a later run may be given (RASA's record of stage 0)."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -172,6 +176,10 @@ class Run:
 def run_recipe(recipe: Recipe, cfg: RecipeConfig, callbacks: Sequence[Callback] = ()) -> Path:
     """Run ``recipe`` on ``cfg`` as the module docstring describes; returns the run folder."""
     out = Path(cfg.output_dir)
+
+    def ours(folder: Path) -> bool:
+        return is_run_folder(folder, recipe)
+
     accelerator = Accelerator(mixed_precision=cfg.precision)
     where = (accelerator.process_index + 1, accelerator.num_processes, accelerator.device)
     log.info("process %d of %d on %s, mixed precision %s", *where, accelerator.mixed_precision)
@@ -180,7 +188,7 @@ def run_recipe(recipe: Recipe, cfg: RecipeConfig, callbacks: Sequence[Callback] 
         # process takes the same branch.
         if on_main(
             accelerator,
-            lambda: refuse_foreign(out, "training", is_run_folder) or finished_or_refused(out, cfg, recipe),
+            lambda: refuse_foreign(out, "training", ours) or finished_or_refused(out, cfg, recipe),
         ):
             log.info("%s already holds this run's finished artifact; nothing to train", out)
             return out
@@ -193,7 +201,7 @@ def run_recipe(recipe: Recipe, cfg: RecipeConfig, callbacks: Sequence[Callback] 
             atomic_write_json(out / "run_config.json", to_dict(cfg))
             return False
 
-        with claimed(out, "training", accelerator, record_run, ours=is_run_folder) as finished:
+        with claimed(out, "training", accelerator, record_run, ours=ours) as finished:
             if finished:
                 log.info("%s already holds this run's finished artifact; nothing to train", out)
                 return out
@@ -211,20 +219,21 @@ def run_recipe(recipe: Recipe, cfg: RecipeConfig, callbacks: Sequence[Callback] 
         accelerator.end_training()  # every way out leaves the process group (one torn down at exit can abort)
 
 
-def _result_fields(cfg) -> dict:
-    """The config without the fields a resume may change (every stage's ``train`` logging fields)."""
+def _result_fields(cfg: RecipeConfig) -> dict:
+    """The config without the fields a resume may change (every ``train`` block's logging fields)."""
     data = json.loads(json.dumps(to_dict(cfg)))
-    for block in data.values():
-        if isinstance(block, dict) and isinstance(block.get("train"), dict):
-            for key in LOGGING_ONLY:
-                block["train"].pop(key, None)
+    for name, _ in cfg.train_blocks():
+        train = data[name]["train"] if name else data["train"]
+        for key in LOGGING_ONLY:
+            train.pop(key, None)
     return data
 
 
-def is_run_folder(folder: Path) -> bool:
+def is_run_folder(folder: Path, recipe: Recipe | None = None) -> bool:
     """A training run's folder from before its lock recorded the holder: its ``run_config.json`` names a
-    recipe, or it holds a record only a registered recipe's run writes (:attr:`Recipe.records`)."""
-    records = [(name, keys) for recipe in RECIPES.values() for name, keys in recipe.records.items()]
+    recipe, or it holds a record only a run of ``recipe`` or of a registered recipe writes
+    (:attr:`Recipe.records`)."""
+    records = [*(recipe.records if recipe else ()), *(r for known in RECIPES.values() for r in known.records)]
     return json_object_with(folder / "run_config.json", "recipe") or any(
         json_object_with(folder / name, *keys) for name, keys in records
     )

@@ -1,6 +1,7 @@
 """The ``routealign`` command: a table of subcommands, each a thin handler over the library. The
-handlers live beside this table, one module per group of commands; the library modules hold no
-argument parsing."""
+handlers live beside this table, one module per group of commands; ``routealign judge`` keeps its
+parsing in :mod:`routealign.judges.cli`, which offers ``judge fit`` only when the fitting module is
+there."""
 
 from __future__ import annotations
 
@@ -13,8 +14,6 @@ from ..errors import USER_ERRORS
 from .common import is_main_process
 from .generate import _chat_args, _generate_args, _models_args, cmd_chat, cmd_generate, cmd_models
 from .train import QUICKSTART_CONFIG, _quickstart_args, _train_args, cmd_quickstart, cmd_train
-
-log = logging.getLogger("routealign")
 
 __all__ = ["COMMANDS", "QUICKSTART_CONFIG", "build_parser", "main"]
 

@@ -182,7 +182,7 @@ RECIPE = Recipe(
     stages=stages,
     kind="model",
     leaves=(PAIRS_FILE, f"state/{STATE_FILE}"),
-    records={PAIRS_CONFIG: ("model", "pairs", "prompt_tokens")},
+    records=((PAIRS_CONFIG, ("model", "pairs", "prompt_tokens")),),
 )
 
 
