@@ -241,7 +241,8 @@ def train_router(run: Run) -> None:
 def stages(cfg: MidPOConfig, prepared: Prepared) -> list[Step]:
     """The safety expert, the helpfulness expert (each done once its adapter folder is there), the gates."""
     experts = [
-        Step(name, partial(train_expert, name), marks=(f"experts/{name}/{ADAPTER_MARK}",)) for name in EXPERTS
+        Step(f"expert:{name}", partial(train_expert, name), marks=(f"experts/{name}/{ADAPTER_MARK}",))
+        for name in EXPERTS
     ]
     return [*experts, Step("router", train_router, marks=(MANIFEST,))]
 
